@@ -1,0 +1,63 @@
+# Everything a person or CI needs goes through these targets; each sets itself up.
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto')
+GEN := gen/python
+GEN_STAMP := $(GEN)/.generated
+
+.PHONY: all venv protos demo up test test-fast lint typecheck bench bench-forecast load clean check-generated
+
+all: protos
+
+$(STAMP): requirements.txt edge-agent/requirements.txt
+	@echo ">> creating virtualenv in $(VENV) (first run downloads packages; takes a few minutes)"
+	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	@$(PY) -m pip install --progress-bar on -q --upgrade pip
+	@$(PY) -m pip install --progress-bar on -q -r requirements.txt -r edge-agent/requirements.txt
+	@$(PY) -c "import sys,site,pathlib; p=pathlib.Path(site.getsitepackages()[0])/'vpp_paths.pth'; r=pathlib.Path('.').resolve(); p.write_text('\n'.join(str(r/d) for d in ['services','edge-agent','$(GEN)'])+'\n')"
+	@touch $(STAMP)
+	@echo ">> virtualenv ready"
+
+venv: $(STAMP)
+
+$(GEN_STAMP): $(PROTO_SRC) $(STAMP)
+	@echo ">> generating Python code from protos/"
+	@rm -rf $(GEN) && mkdir -p $(GEN)
+	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO_SRC)
+	@find $(GEN)/vpp -type d -exec touch {}/__init__.py \;
+	@touch $(GEN_STAMP)
+
+protos: $(GEN_STAMP)
+
+demo: protos
+	@$(PY) -m vpp_demo.demo
+
+up: protos
+	@$(PY) -m vpp_demo.up
+
+test: protos
+	@$(PY) -m pytest -q tests
+
+test-fast: protos
+	@$(PY) -m pytest -q tests -m "not slow"
+
+lint: protos
+	@$(PY) -m ruff check services edge-agent tests
+
+typecheck: protos
+	@$(PY) -m mypy
+
+bench: protos
+	@$(PY) -m vpp_demo.bench
+
+bench-forecast: protos
+	@$(PY) -m forecasting.backtest.cli $(ARGS)
+
+load: protos
+	@$(PY) -m vpp_demo.load
+
+clean:
+	rm -rf $(GEN) .pytest_cache .mypy_cache .ruff_cache out
