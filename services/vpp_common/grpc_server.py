@@ -1,0 +1,111 @@
+"""gRPC bootstrap: a ``grpc.aio`` server with the standard health and reflection services and a
+Prometheus interceptor, plus the one way to turn bad request fields into INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import BaseModel, ValidationError
+
+from vpp_common import metrics
+
+M = TypeVar("M", bound=BaseModel)
+
+_SKIP_METRICS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call by method and status code and times it; health and reflection are left out."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_SKIP_METRICS):
+            return handler
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await inner_uu(request, context)
+                finally:
+                    _observe(method, context, started)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                try:
+                    async for item in inner_ss(request_iterator, context):
+                        yield item
+                finally:
+                    _observe(method, context, started)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def _observe(method: str, context: grpc.aio.ServicerContext, started: float) -> None:
+    code = context.code() if hasattr(context, "code") else None
+    name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+    metrics.GRPC_REQUESTS.labels(method, name).inc()
+    metrics.GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+
+
+class GrpcServer:
+    """The server plus its health servicer, so the app can flip serving status on start and stop."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[MetricsInterceptor()],
+            options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names: list[str] = []
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind gRPC to {host}:{port}: is the port in use? set VPP_GRPC_PORT")
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
+        register(servicer, self.server)
+        self._service_names.append(full_name)
+
+    async def start(self) -> None:
+        names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        await self.server.start()
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+
+
+async def validated(model: type[M], data: dict[str, Any], context: grpc.aio.ServicerContext) -> M:
+    """Validate request fields with pydantic; on failure abort with INVALID_ARGUMENT naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "request"
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {err['msg']}")
+        raise  # unreachable: abort raises

@@ -1,0 +1,34 @@
+"""Metrics every service exposes from day one. One process is one service, so no service label:
+Prometheus adds ``job``/``instance`` when it scrapes."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+KAFKA_CONSUMED = Counter("vpp_kafka_records_consumed_total", "Kafka records consumed", ["topic"])
+KAFKA_PRODUCED = Counter("vpp_kafka_records_produced_total", "Kafka records acknowledged by the broker", ["topic"])
+KAFKA_PRODUCE_ERRORS = Counter("vpp_kafka_produce_errors_total", "Kafka produce failures", ["topic"])
+KAFKA_DEAD_LETTERED = Counter(
+    "vpp_kafka_records_dead_lettered_total", "Records sent to the dead-letter topic", ["topic", "reason"]
+)
+KAFKA_PROCESSING_SECONDS = Histogram(
+    "vpp_kafka_processing_seconds", "Time to process one consumed record", ["topic"], buckets=LATENCY_BUCKETS_S
+)
+KAFKA_RECORD_AGE_SECONDS = Histogram(
+    "vpp_kafka_record_age_seconds",
+    "Envelope produced_at to processing start (end-to-end event latency)",
+    ["topic"],
+    buckets=LATENCY_BUCKETS_S,
+)
+KAFKA_COMMITTED_OFFSET = Gauge(
+    "vpp_kafka_committed_offset",
+    "Last committed offset (compare with producers' counts for lag)",
+    ["topic", "partition"],
+)
+GRPC_REQUESTS = Counter("vpp_grpc_requests_total", "gRPC requests handled", ["method", "code"])
+GRPC_LATENCY = Histogram(
+    "vpp_grpc_request_seconds", "gRPC request handling time", ["method"], buckets=LATENCY_BUCKETS_S
+)
+SERVICE_UP = Gauge("vpp_service_up", "1 while the service is serving", ["service"])
