@@ -69,33 +69,52 @@ def _observe(method: str, context: grpc.aio.ServicerContext, started: float) -> 
 
 
 class GrpcServer:
-    """The server plus its health servicer, so the app can flip serving status on start and stop."""
+    """The server plus its health servicer, so the app can flip serving status on start and stop.
+
+    The ``grpc.aio`` server binds to the running event loop, so it is built in ``start()``.
+    """
 
     def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._requested_port = port
+        self._registrations: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]] = []
+        self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
+        self.port = 0
+
+    @property
+    def service_names(self) -> list[str]:
+        return [name for _, _, name in self._registrations]
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
+        self._registrations.append((register, servicer, full_name))
+
+    async def start(self) -> None:
         self.server = grpc.aio.server(
             interceptors=[MetricsInterceptor()],
             options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._service_names: list[str] = []
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise RuntimeError(f"cannot bind gRPC to {host}:{port}: is the port in use? set VPP_GRPC_PORT")
-
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
-        register(servicer, self.server)
-        self._service_names.append(full_name)
-
-    async def start(self) -> None:
-        names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        for register, servicer, _ in self._registrations:
+            register(servicer, self.server)
+        names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
+        try:
+            self.port = self.server.add_insecure_port(f"{self._host}:{self._requested_port}")
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"cannot bind gRPC to {self._host}:{self._requested_port} ({exc}): is the port in use? "
+                "set VPP_GRPC_PORT"
+            ) from exc
         await self.server.start()
-        for name in ["", *self._service_names]:
+        for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace_s: float) -> None:
-        for name in ["", *self._service_names]:
+        if self.server is None or self.health is None:
+            return
+        for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
 

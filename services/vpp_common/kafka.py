@@ -163,6 +163,7 @@ class EventConsumer:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             max_poll_records=500,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
         self._thread = threading.Thread(target=self._run, name=f"consumer-{group_id}", daemon=True)
 

@@ -1,0 +1,1 @@
+"""Bidding: balancing-market capacity bids built from the portfolio's flexibility; awards back."""

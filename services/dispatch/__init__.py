@@ -1,0 +1,1 @@
+"""Dispatch: turns activations into per-site setpoints, watches delivery, re-allocates shortfalls."""

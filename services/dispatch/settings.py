@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from pydantic import Field
+from vpp_common.settings import ServiceSettings
+
+
+class DispatchSettings(ServiceSettings):
+    service_name: str = "dispatch"
+    stale_after_s: float = Field(default=10.0, gt=0, le=3600)
+    # A site is short when it misses its setpoint by more than this (kW or share of its setpoint) ...
+    shortfall_abs_kw: float = Field(default=0.3, ge=0)
+    shortfall_rel: float = Field(default=0.10, ge=0, le=1)
+    # ... at this many step ends in a row; then its headroom becomes what it delivers.
+    shortfall_strikes: int = Field(default=2, ge=1, le=100)
+    efficiency: float = Field(default=0.95, gt=0, le=1)
+    headroom_interval_minutes: int = Field(default=15, ge=1, le=240)
+    finalize_after_s: float = Field(default=6.0, gt=0, le=600)  # no new step for this long ends a run

@@ -1,0 +1,1 @@
+"""Edge gateway: the sites' only door. One gRPC stream per edge agent, bridged to Kafka."""
