@@ -79,11 +79,12 @@ class Stack:
             for name in self.services:
                 self._wait_serving(name, timeout_s=90)
                 self.progress(f"      {name:<12} gRPC :{self.ports[name].grpc}  metrics :{self.ports[name].metrics}")
-            self.progress(f"[3/4] starting {len(self.sites)} sites (device simulator + edge agent each)")
-            for site in self.sites:
-                self._start_site(site)
-            self.progress("[4/4] waiting for every site's telemetry to reach aggregation")
-            self.wait_sites_online(timeout_s=60)
+            if self.sites:
+                self.progress(f"[3/4] starting {len(self.sites)} sites (device simulator + edge agent each)")
+                for site in self.sites:
+                    self._start_site(site)
+                self.progress("[4/4] waiting for every site's telemetry to reach aggregation")
+                self.wait_sites_online(timeout_s=60)
         except BaseException:
             self.stop()
             raise

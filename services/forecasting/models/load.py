@@ -1,0 +1,418 @@
+"""Site-load forecasting: LightGBM quantile regression with an honest fallback.
+
+* :class:`SeasonalNaiveForecaster` -- the same slot 7 days earlier (14, 21, 28
+  if that is missing), with a band from the empirical distribution of its own
+  errors over the last ``error_window_days`` before the issue time.
+* :class:`LoadForecaster` -- one LightGBM model per level of a quantile grid
+  on calendar features, lags that are available at the issue time (same slot
+  1-28 days back, masked when not yet measured) and recent means/volatility.
+  Training rows replay the intended use: issues at ``train_issue_hours``
+  (local time) for leads 0..36 h.  The last ``calib_days`` of the history are
+  held out to compute per-quantile conformal shifts (so the P10-P90 band covers
+  ~80% out of sample), then the model is refit on everything.  With fewer than
+  ``min_history_days`` of data it serves the seasonal-naive fallback.
+* :func:`choose_served_model` -- backtests candidates day-ahead on the last
+  ``validation_days`` and refuses any model that does not beat the fallback.
+
+Public API::
+
+    SeasonalNaiveForecaster(season_days=7, error_window_days=56)
+    LoadForecaster(quantile_grid=..., timezone="UTC", ...)
+    choose_served_model(candidates, history, validation_days=28, ...) -> (model, scores)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from forecasting.models.base import (
+    DEFAULT_QUANTILES,
+    SLOT,
+    SLOTS_PER_DAY,
+    QuantileForecaster,
+    check_quantiles,
+    check_slots,
+    empirical_shift,
+    interpolate_quantiles,
+    issue_position,
+    masked_take,
+    monotone_frame,
+    pinball_loss,
+    to_grid,
+    window_sum,
+)
+
+QUANTILE_GRID: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+
+
+def lgb_params(
+    learning_rate: float, num_leaves: int, min_data_in_leaf: int, num_threads: int, seed: int
+) -> dict[str, Any]:
+    """Deterministic LightGBM settings (fixed seeds, bounded threads)."""
+    return {
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "min_data_in_leaf": min_data_in_leaf,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "feature_fraction": 0.9,
+        "num_threads": num_threads,
+        "seed": seed,
+        "deterministic": True,
+        "force_col_wise": True,
+        "verbose": -1,
+    }
+
+
+def train_quantile_models(
+    X: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray | None,
+    quantile_grid: Sequence[float],
+    params: dict[str, Any],
+    n_estimators: int,
+) -> dict[float, lgb.Booster]:
+    """One LightGBM booster per quantile level (objective ``quantile``)."""
+    models = {}
+    for q in quantile_grid:
+        data = lgb.Dataset(X, label=y, weight=weight, params={"verbose": -1})
+        p = dict(params, objective="quantile", alpha=float(q))
+        models[float(q)] = lgb.train(p, data, num_boost_round=n_estimators)
+    return models
+
+
+def _slot_positions(grid_start: pd.Timestamp, slots: pd.DatetimeIndex) -> np.ndarray:
+    return np.asarray((slots - grid_start) // SLOT, dtype=np.int64)
+
+
+def _nanmean_rows(stack: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.nanmean(stack, axis=0)
+
+
+class SeasonalNaiveForecaster:
+    """Same slot one week earlier plus empirical error quantiles (the fallback)."""
+
+    is_fallback = True
+
+    def __init__(self, season_days: int = 7, error_window_days: int = 56) -> None:
+        self.name = "seasonal_naive"
+        self.season_slots = season_days * SLOTS_PER_DAY
+        self.error_window_slots = error_window_days * SLOTS_PER_DAY
+        self._y = np.empty(0)
+        self._start: pd.Timestamp | None = None
+
+    def fit(self, history: pd.Series) -> None:
+        """Nothing to learn: remember the history."""
+        self.update(history)
+
+    def update(self, history: pd.Series) -> None:
+        """Replace the remembered measurements."""
+        s = to_grid(history)
+        self._start = s.index[0] if len(s) else None
+        self._y = s.to_numpy(dtype=float)
+
+    def point(self, i: int, j: np.ndarray) -> np.ndarray:
+        """Seasonal-naive point forecast for target positions ``j`` issued at ``i``."""
+        out = np.full(j.shape, np.nan)
+        for m in range(1, 5):
+            cand = masked_take(self._y, j - m * self.season_slots, i)
+            fill = np.isnan(out)
+            out[fill] = cand[fill]
+        return out
+
+    def predict(
+        self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
+    ) -> pd.DataFrame:
+        """Quantiles = point + empirical quantiles of past seasonal-naive errors, >= 0."""
+        qs = check_quantiles(quantiles)
+        utc = check_slots(slots)
+        if self._start is None:
+            return monotone_frame(np.zeros((len(slots), len(qs))), slots, qs)
+        i = issue_position(self._start, issue_time)
+        j = _slot_positions(self._start, utc)
+        point = self.point(i, j)
+        t = np.arange(max(i - self.error_window_slots, 0), max(min(i, len(self._y)), 0))
+        err = self._y[t] - masked_take(self._y, t - self.season_slots, i) if len(t) else t
+        err = err[np.isfinite(err)] if len(t) else np.empty(0)
+        recent = self._y[max(i - self.season_slots, 0) : max(min(i, len(self._y)), 0)]
+        level = float(np.nanmedian(recent)) if np.isfinite(recent).any() else 0.0
+        point = np.where(np.isnan(point), level, point)
+        if len(err) < SLOTS_PER_DAY:  # too little to learn errors: spread of recent data
+            err = recent[np.isfinite(recent)] - level if np.isfinite(recent).any() else np.zeros(1)
+        shifts = np.quantile(err, qs)
+        values = np.clip(point[:, None] + shifts[None, :], 0.0, None)
+        return monotone_frame(values, slots, qs)
+
+
+FEATURES = [
+    "lead_slots",
+    "slot_of_day",
+    "day_of_week",
+    "doy_sin",
+    "doy_cos",
+    "lag_1d",
+    "lag_2d",
+    "lag_3d",
+    "lag_7d",
+    "lag_14d",
+    "same_slot_mean_weeks_1_4",
+    "same_slot_mean_days_2_8",
+    "last_slot",
+    "mean_last_1h",
+    "mean_last_24h",
+    "mean_last_7d",
+    "std_last_24h",
+]
+
+
+class _History:
+    """Grid arrays and cumulative sums used by the feature builder."""
+
+    def __init__(self, s: pd.Series) -> None:
+        self.start: pd.Timestamp = s.index[0]
+        self.y = s.to_numpy(dtype=float)
+        ok = np.isfinite(self.y)
+        v = np.where(ok, self.y, 0.0)
+        self.csum = np.concatenate([[0.0], np.cumsum(v)])
+        self.csq = np.concatenate([[0.0], np.cumsum(v * v)])
+        self.ccount = np.concatenate([[0.0], np.cumsum(ok)])
+
+    def window_mean(self, i: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std over the ``width`` slots before each issue position."""
+        n = window_sum(self.ccount, i - width, i)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = window_sum(self.csum, i - width, i) / n
+            var = window_sum(self.csq, i - width, i) / n - mean**2
+        return mean, np.sqrt(np.clip(var, 0, None))
+
+
+def load_features(hist: _History, i: np.ndarray, j: np.ndarray, tz: str) -> np.ndarray:
+    """Feature matrix (rows = (issue position i, target position j)), see ``FEATURES``."""
+    y = hist.y
+    ts = pd.DatetimeIndex(hist.start + j * SLOT).tz_convert(tz)
+    lag = {k: masked_take(y, j - k * SLOTS_PER_DAY, i) for k in (1, 2, 3, 7, 14)}
+    weeks = np.stack([masked_take(y, j - 7 * w * SLOTS_PER_DAY, i) for w in range(1, 5)])
+    days = np.stack([masked_take(y, j - d * SLOTS_PER_DAY, i) for d in range(2, 9)])
+    m1h, _ = hist.window_mean(i, 4)
+    m24, s24 = hist.window_mean(i, SLOTS_PER_DAY)
+    m7d, _ = hist.window_mean(i, 7 * SLOTS_PER_DAY)
+    doy = 2 * np.pi * (ts.dayofyear.to_numpy() - 1) / 365.25
+    cols = [
+        (j - i).astype(float),
+        (ts.hour.to_numpy() * 4 + ts.minute.to_numpy() // 15).astype(float),
+        ts.dayofweek.to_numpy().astype(float),
+        np.sin(doy),
+        np.cos(doy),
+        lag[1],
+        lag[2],
+        lag[3],
+        lag[7],
+        lag[14],
+        _nanmean_rows(weeks),
+        _nanmean_rows(days),
+        masked_take(y, i - 1, i),
+        m1h,
+        m24,
+        m7d,
+        s24,
+    ]
+    return np.column_stack(cols)
+
+
+class LoadForecaster:
+    """LightGBM quantile regression for site load, conformally calibrated."""
+
+    is_fallback = False
+
+    def __init__(
+        self,
+        quantile_grid: Sequence[float] = QUANTILE_GRID,
+        timezone: str = "UTC",
+        train_issue_hours: Sequence[int] = (12,),
+        max_lead_slots: int = 144,
+        n_estimators: int = 250,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_data_in_leaf: int = 50,
+        calib_days: int = 56,
+        refit_after_calibration: bool = True,
+        min_history_days: int = 28,
+        train_days: int | None = 730,
+        num_threads: int = 2,
+        seed: int = 0,
+    ) -> None:
+        self.name = "lightgbm_quantile"
+        self.quantile_grid = tuple(sorted(float(q) for q in quantile_grid))
+        self.timezone = timezone
+        self.train_issue_hours = tuple(train_issue_hours)
+        self.max_lead_slots = max_lead_slots
+        self.calib_days = calib_days
+        self.refit_after_calibration = refit_after_calibration
+        self.min_history_days = min_history_days
+        self.train_days = train_days
+        self.n_estimators = n_estimators
+        self.params: dict[str, Any] = lgb_params(
+            learning_rate, num_leaves, min_data_in_leaf, num_threads, seed
+        )
+        self._hist: _History | None = None
+        self._models: dict[float, lgb.Booster] = {}
+        self.shifts_kw: dict[float, float] = {}
+        self.fallback: SeasonalNaiveForecaster | None = None
+
+    # -- training -------------------------------------------------------
+    def _rows(self, hist: _History, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(i, j) pairs with issue in [lo, hi) at a training hour and a measured target < hi."""
+        n = len(hist.y)
+        times = pd.DatetimeIndex(hist.start + np.arange(n) * SLOT).tz_convert(self.timezone)
+        is_issue = np.isin(times.hour, self.train_issue_hours) & (times.minute == 0)
+        issues = np.flatnonzero(is_issue)
+        issues = issues[(issues >= max(lo, 8 * SLOTS_PER_DAY)) & (issues < hi)]
+        i = np.repeat(issues, self.max_lead_slots)
+        j = i + np.tile(np.arange(self.max_lead_slots), len(issues))
+        keep = j < hi
+        i, j = i[keep], j[keep]
+        keep = np.isfinite(hist.y[j])
+        return i[keep], j[keep]
+
+    def _train(self, X: np.ndarray, y: np.ndarray) -> dict[float, lgb.Booster]:
+        return train_quantile_models(X, y, None, self.quantile_grid, self.params,
+                                     self.n_estimators)
+
+    def _raw_predict(self, models: dict[float, lgb.Booster], X: np.ndarray) -> np.ndarray:
+        return np.column_stack([models[q].predict(X) for q in self.quantile_grid])
+
+    def fit(self, history: pd.Series) -> None:
+        """Train (or switch to the fallback when history is short) and remember history."""
+        s = to_grid(history)
+        valid_days = float(s.notna().sum()) / SLOTS_PER_DAY
+        self._models, self.shifts_kw = {}, {}
+        if valid_days < self.min_history_days:
+            self.fallback = SeasonalNaiveForecaster()
+            self.fallback.fit(s if len(s) else history)
+            self._hist = _History(s) if len(s) else None
+            return
+        self.fallback = None
+        hist = _History(s)
+        n = len(hist.y)
+        lo = 0 if self.train_days is None else max(0, n - self.train_days * SLOTS_PER_DAY)
+        i_all, j_all = self._rows(hist, lo, n)
+        cut = n - self.calib_days * SLOTS_PER_DAY
+        i_tr, j_tr = self._rows(hist, lo, cut) if self.calib_days > 0 else (i_all, j_all)
+        calib = (i_all >= cut) if self.calib_days > 0 else np.zeros(len(i_all), bool)
+        if self.calib_days > 0 and len(i_tr) > 1000 and calib.sum() > 200:
+            models = self._train(load_features(hist, i_tr, j_tr, self.timezone), hist.y[j_tr])
+            Xc = load_features(hist, i_all[calib], j_all[calib], self.timezone)
+            pc = self._raw_predict(models, Xc)
+            yc = hist.y[j_all[calib]]
+            self.shifts_kw = {
+                q: empirical_shift(yc - pc[:, c], q) for c, q in enumerate(self.quantile_grid)
+            }
+            if not self.refit_after_calibration:
+                self._models = models
+        if not self._models:
+            X = load_features(hist, i_all, j_all, self.timezone)
+            self._models = self._train(X, hist.y[j_all])
+        self._hist = hist
+
+    def update(self, history: pd.Series) -> None:
+        """Replace the measurements used for lag features (no retraining)."""
+        s = to_grid(history)
+        if self.fallback is not None:
+            self.fallback.update(s)
+        self._hist = _History(s) if len(s) else None
+
+    # -- inference ------------------------------------------------------
+    def predict(
+        self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
+    ) -> pd.DataFrame:
+        """Calibrated quantiles (kW, >= 0) for ``slots``; data before ``issue_time`` only."""
+        qs = check_quantiles(quantiles)
+        utc = check_slots(slots)
+        if self.fallback is not None or self._hist is None:
+            if self.fallback is None:
+                raise RuntimeError("fit() first")
+            return self.fallback.predict(issue_time, slots, qs)
+        hist = self._hist
+        i = issue_position(hist.start, issue_time)
+        j = _slot_positions(hist.start, utc)
+        X = load_features(hist, np.full(len(j), i), j, self.timezone)
+        raw = self._raw_predict(self._models, X)
+        raw += np.array([self.shifts_kw.get(q, 0.0) for q in self.quantile_grid])[None, :]
+        values = np.clip(interpolate_quantiles(self.quantile_grid, raw, qs), 0.0, None)
+        return monotone_frame(values, slots, qs)
+
+
+def day_ahead_issues(
+    days: pd.DatetimeIndex, timezone: str, issue_hour: int = 12
+) -> list[tuple[pd.Timestamp, pd.DatetimeIndex]]:
+    """(issue time, slots of day D) for each local day D: issued at ``issue_hour`` on D-1."""
+    out = []
+    for day in days:
+        start = pd.Timestamp(day.date()).tz_localize(timezone)
+        end = (pd.Timestamp(day.date()) + pd.Timedelta(days=1)).tz_localize(timezone)
+        slots = pd.date_range(start.tz_convert("UTC"), end.tz_convert("UTC"), freq=SLOT,
+                              inclusive="left")
+        issue = (pd.Timestamp(day.date()) - pd.Timedelta(days=1) + pd.Timedelta(hours=issue_hour))
+        out.append((issue.tz_localize(timezone).tz_convert("UTC"), slots))
+    return out
+
+
+def choose_served_model(
+    candidates: Sequence[QuantileForecaster],
+    history: pd.Series,
+    validation_days: int = 28,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    timezone: str = "UTC",
+    issue_hour: int = 12,
+    min_improvement: float = 0.0,
+) -> tuple[QuantileForecaster, dict[str, float]]:
+    """Pick the model to serve from a day-ahead validation on the last days of history.
+
+    Every candidate is fit on the history before the validation window, fed the
+    full history (``update``) and asked for day-ahead forecasts of each of the
+    last ``validation_days`` local days.  Score = mean pinball loss (kW) over
+    ``quantiles``.  The fallback (the candidate with ``is_fallback``, else a new
+    :class:`SeasonalNaiveForecaster`) is served unless another candidate's score
+    is lower by more than ``min_improvement`` (relative).  The returned model
+    is refit on the whole history.  Returns ``(model, {name: score})``.
+    """
+    s = to_grid(history)
+    qs = check_quantiles(quantiles)
+    pool = list(candidates)
+    fallback = next((c for c in pool if getattr(c, "is_fallback", False)), None)
+    if fallback is None:
+        fallback = SeasonalNaiveForecaster()
+        pool.append(fallback)
+    last_valid = s.dropna().index[-1]
+    last_day = (last_valid.tz_convert(timezone) + SLOT).normalize() - pd.Timedelta(days=1)
+    days = pd.date_range(last_day - pd.Timedelta(days=validation_days - 1), last_day, freq="D")
+    plan = day_ahead_issues(days, timezone, issue_hour)
+    first_issue = plan[0][0]
+    scores: dict[str, float] = {}
+    for model in pool:
+        model.fit(s[s.index < first_issue])
+        model.update(s)
+        losses = []
+        for issue, slots in plan:
+            fc = model.predict(issue, slots, qs)
+            y = s.reindex(slots).to_numpy()
+            ok = np.isfinite(y)
+            if ok.any():
+                losses.append(
+                    np.mean([pinball_loss(y[ok], fc[q].to_numpy()[ok], q) for q in qs], axis=0)
+                )
+        scores[model.name] = float(np.mean(np.concatenate(losses))) if losses else np.inf
+    base = scores[fallback.name]
+    best = min(pool, key=lambda m: scores[m.name])
+    if best is not fallback and not scores[best.name] < base * (1.0 - min_improvement):
+        best = fallback
+    best.fit(s)
+    return best, scores

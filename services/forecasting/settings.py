@@ -1,0 +1,47 @@
+"""Settings of the forecasting service: built once in ``__main__`` and passed down (STYLE.md section 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from vpp_common.settings import ServiceSettings
+
+from forecasting.store import normalise_store_url
+
+DEFAULT_SITES_FILE = Path(__file__).with_name("sites.example.json")
+
+
+class ForecastingSettings(ServiceSettings):
+    service_name: str = "forecasting"
+    grpc_port: int = Field(default=50055, ge=0, le=65535)
+    metrics_port: int = Field(default=9105, ge=0, le=65535)
+
+    # SQLAlchemy URL of the history store. SQLite (embedded) by default; production uses
+    # postgresql+psycopg://user@host:5432/db. A bare file path or ":memory:" is accepted too.
+    store_url: str = "sqlite:///forecasting-history.sqlite"
+    sites_file: Path = DEFAULT_SITES_FILE
+
+    # How often every site's forecasts are recomputed and published (also on demand via gRPC).
+    refresh_interval_s: float = Field(default=900.0, ge=1.0, le=86_400.0)
+    # Models older than this are refit on the next refresh; missing models are fit at once.
+    retrain_interval_s: float = Field(default=86_400.0, ge=60.0, le=30 * 86_400.0)
+    # Days of 15-min history each fit sees, and how many of the latest days decide which model is served.
+    train_history_days: int = Field(default=56, ge=1, le=730)
+    validation_days: int = Field(default=7, ge=1, le=60)
+    # A re-delivered Kafka record is recognised by its message id for this long (see store.py).
+    dedupe_window_s: float = Field(default=2 * 86_400.0, ge=60.0, le=30 * 86_400.0)
+
+    # Dependence assumed when quantile sets are combined by sampling (NET stream and the portfolio):
+    # correlation of the forecast errors in a Gaussian copula (see service.py, combine.py).
+    pv_load_error_corr: float = Field(default=0.0, ge=-0.99, le=0.99)
+    pv_inter_site_error_corr: float = Field(default=0.8, ge=0.0, le=0.99)
+    load_inter_site_error_corr: float = Field(default=0.1, ge=0.0, le=0.99)
+    combine_samples: int = Field(default=2000, ge=200, le=100_000)
+    # Fitting runs in its own thread pool so it never blocks the event loop or queues behind itself.
+    train_workers: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("store_url")
+    @classmethod
+    def _url_or_path(cls, value: str) -> str:
+        return normalise_store_url(value)

@@ -1,0 +1,141 @@
+"""Every service as a real process: health, reflection, INVALID_ARGUMENT naming the field,
+dead-lettering of malformed Kafka records, Prometheus text on /metrics."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from kafka_helpers import producer, read_all
+from prometheus_client.parser import text_string_to_metric_families
+from vpp.v1 import (
+    aggregation_pb2,
+    aggregation_pb2_grpc,
+    bidding_pb2,
+    bidding_pb2_grpc,
+    dispatch_api_pb2,
+    dispatch_api_pb2_grpc,
+    market_api_pb2,
+    market_api_pb2_grpc,
+    market_pb2,
+    telemetry_pb2,
+)
+from vpp_common.envelope import wrap
+from vpp_common.topics import DEAD_LETTER, TELEMETRY
+from vpp_demo.stack import Stack
+
+SERVICES = {
+    "aggregation": "vpp.v1.AggregationService",
+    "dispatch": "vpp.v1.DispatchService",
+    "bidding": "vpp.v1.BiddingService",
+    "market": "vpp.v1.MarketSimulator",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    path = Path(tmp_path_factory.mktemp("contracts"))
+    with Stack(path, sites=(), services=tuple(SERVICES), progress=lambda m: None) as s:
+        yield s
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_health_and_reflection(stack: Stack, service: str) -> None:
+    with stack.channel(service) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICES[service]):
+            status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        names = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert SERVICES[service] in names
+        assert "grpc.health.v1.Health" in names
+
+
+def invalid(call: Any, request: Any) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    return str(info.value.details())
+
+
+def test_invalid_arguments_name_the_field(stack: Stack) -> None:
+    with stack.channel("aggregation") as ch:
+        stub = aggregation_pb2_grpc.AggregationServiceStub(ch)
+        assert invalid(
+            stub.GetPortfolioFlexibility, aggregation_pb2.GetPortfolioFlexibilityRequest(interval_minutes=999)
+        ).startswith("interval_minutes:")
+        assert invalid(stub.GetSiteFlexibility, aggregation_pb2.GetSiteFlexibilityRequest()).startswith("site_id:")
+        assert invalid(
+            stub.GetSiteFlexibility, aggregation_pb2.GetSiteFlexibilityRequest(site_id="Bad Site!")
+        ).startswith("site_id:")
+    with stack.channel("dispatch") as ch:
+        stub_d = dispatch_api_pb2_grpc.DispatchServiceStub(ch)
+        assert invalid(
+            stub_d.GetActivationTracking, dispatch_api_pb2.GetActivationTrackingRequest()
+        ).startswith("activation_id:")
+    with stack.channel("bidding") as ch:
+        stub_b = bidding_pb2_grpc.BiddingServiceStub(ch)
+        assert invalid(
+            stub_b.BuildBids, bidding_pb2.BuildBidsRequest(capacity_price_eur_per_mw=-1)
+        ).startswith("capacity_price_eur_per_mw:")
+        assert invalid(stub_b.BuildBids, bidding_pb2.BuildBidsRequest(interval_minutes=7)).startswith(
+            "interval_minutes:"
+        )
+        assert invalid(stub_b.BuildBids, bidding_pb2.BuildBidsRequest(product="FCR")).startswith("product:")
+    with stack.channel("market") as ch:
+        stub_m = market_api_pb2_grpc.MarketSimulatorStub(ch)
+        assert invalid(stub_m.StartActivation, market_api_pb2.StartActivationRequest()).startswith("phases:")
+        bad_phase = market_api_pb2.StartActivationRequest(
+            phases=[market_api_pb2.ActivationPhase(fraction=2.0, duration_s=10)]
+        )
+        assert invalid(stub_m.StartActivation, bad_phase).startswith("phases.0.fraction:")
+
+
+def test_malformed_records_are_dead_lettered_and_processing_continues(stack: Stack) -> None:
+    prod = producer(stack.bootstrap_servers)
+    site = "dlq-site"
+    good = telemetry_pb2.Telemetry(site_id=site, available=True, soc_pct=50, battery_capacity_kwh=10)
+    good.measured_at.GetCurrentTime()
+    # 1: not protobuf at all; 2: a valid envelope carrying the wrong payload for the topic; 3: good
+    wrong_payload = wrap(market_pb2.Bid(bid_id="b"), source="test", site_id=site)
+    deadline = time.monotonic() + 30
+    found = False
+    while not found and time.monotonic() < deadline:  # retry while the consumer group join completes
+        prod.send(TELEMETRY.name, key=site.encode(), value=b"\x08\x96\x01garbage").get(10)
+        prod.send(TELEMETRY.name, key=site.encode(), value=wrong_payload.SerializeToString()).get(10)
+        good.measured_at.GetCurrentTime()
+        good_env = wrap(good, source="test", site_id=site)
+        prod.send(TELEMETRY.name, key=site.encode(), value=good_env.SerializeToString()).get(10)
+        time.sleep(1.0)
+        with stack.channel("aggregation") as ch:
+            try:
+                aggregation_pb2_grpc.AggregationServiceStub(ch).GetSiteFlexibility(
+                    aggregation_pb2.GetSiteFlexibilityRequest(site_id=site), timeout=5
+                )
+                found = True
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+    assert found, "the good record after the bad ones was not processed"
+    dead = read_all(stack.bootstrap_servers, DEAD_LETTER.name, DEAD_LETTER.partitions, min_records=2)
+    reasons = {dict(r.headers)["vpp-error-reason"].decode() for r in dead}
+    assert {"decode_error", "wrong_payload"} <= reasons
+    for r in dead:
+        headers = dict(r.headers)
+        assert headers["vpp-original-topic"] == TELEMETRY.name.encode()
+        assert int(headers["vpp-original-offset"]) >= 0
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['aggregation'].metrics}/metrics").read().decode()
+    assert 'vpp_kafka_records_dead_lettered_total{reason="decode_error",topic="vpp.telemetry.v1"}' in metrics
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_metrics_are_prometheus_text(stack: Stack, service: str) -> None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{stack.ports[service].metrics}/metrics").read().decode()
+    names = {family.name for family in text_string_to_metric_families(body)}
+    assert {"vpp_kafka_records_consumed", "vpp_grpc_requests", "vpp_service_up"} <= names
