@@ -58,7 +58,9 @@ def test_at_reserve_no_up_flexibility() -> None:
     interval_h=st.floats(0.01, 4),
     eff=st.floats(0.5, 1.0),
 )
-def test_flexibility_never_negative_nor_beyond_inverter(soc: float, power: float, interval_h: float, eff: float) -> None:
+def test_flexibility_never_negative_nor_beyond_inverter(
+    soc: float, power: float, interval_h: float, eff: float
+) -> None:
     s = state(soc_pct=soc, battery_power_kw=power)
     flex = battery_flexibility(s, interval_h, eff)
     assert flex.up_kw >= 0 and flex.down_kw >= 0

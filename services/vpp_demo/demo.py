@@ -1,0 +1,225 @@
+"""``make demo``: the whole platform on real parts, one activation end to end, a readable summary.
+
+Starts Tansu, every service and five sites (a pymodbus device simulator and an edge agent each),
+asks aggregation for the portfolio's flexibility, bids it, lets the market simulator send an aFRR
+activation (+40 % of the up capability for 60 s, then -30 % of the down capability for 40 s),
+prints requested vs delivered per 4 s step and writes ``out/demo/tracking.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from vpp.v1 import (
+    aggregation_pb2,
+    aggregation_pb2_grpc,
+    bidding_pb2,
+    bidding_pb2_grpc,
+    common_pb2,
+    dispatch_api_pb2,
+    dispatch_api_pb2_grpc,
+    forecasting_pb2,
+    forecasting_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    market_api_pb2,
+    market_api_pb2_grpc,
+)
+
+from vpp_demo.plots import plot_tracking
+from vpp_demo.stack import Stack
+from vpp_demo.telemetry_tap import TelemetryTap
+
+T = TypeVar("T")
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Stack(out_dir / "run") as stack:
+        tap = TelemetryTap(stack.bootstrap_servers).start()
+        say(f"\nPlatform up in {time.monotonic() - started:.0f} s. Kafka (Tansu) at {stack.bootstrap_servers}\n")
+        agg = aggregation_pb2_grpc.AggregationServiceStub(stack.channel("aggregation"))
+        flex = agg.GetPortfolioFlexibility(
+            aggregation_pb2.GetPortfolioFlexibilityRequest(interval_minutes=2), timeout=5
+        )
+        gw = gateway_pb2_grpc.EdgeGatewayStub(stack.channel("gateway"))
+        connected = gw.ListConnectedSites(gateway_pb2.ListConnectedSitesRequest(), timeout=5)
+        say("Sites (live, from telemetry)                        battery      flexibility (2 min)")
+        say(f"{'site':<12}{'online':>7}{'PV kWp':>8}{'SoC %':>7}{'batt kW':>9}{'max kW':>8}{'up kW':>9}{'down kW':>9}")
+        specs = {s.site_id: s for s in stack.sites}
+        for s in flex.sites:
+            say(
+                f"{s.site_id:<12}{'yes' if s.online else 'NO':>7}{specs[s.site_id].pv_kwp:>8.0f}{s.soc_pct:>7.1f}"
+                f"{s.battery_power_kw:>9.2f}{s.max_discharge_kw:>8.0f}{s.up_kw:>9.1f}{s.down_kw:>9.1f}"
+            )
+        say(
+            f"{'portfolio':<12}{flex.sites_online:>5}/{flex.sites_total}{'':>33}{flex.up_kw:>9.1f}{flex.down_kw:>9.1f}"
+        )
+        say(f"Gateway holds {len(connected.sites)} site streams.\n")
+
+        bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
+        bids = _retry(
+            lambda: bidding.BuildBids(
+                bidding_pb2.BuildBidsRequest(product="aFRR", capacity_price_eur_per_mw=12.0, publish=True), timeout=10
+            )
+        )
+        for b in bids.bids:
+            d = "up" if b.direction == common_pb2.DIRECTION_UP else "down"
+            say(f"Bid {b.bid_id}: aFRR {d:<4} {b.capacity_kw:7.1f} kW at {b.capacity_price_eur_per_mw:.0f} EUR/MW")
+        forecast_note = _forecast_summary(stack)
+        if forecast_note:
+            say(forecast_note)
+
+        market = market_api_pb2_grpc.MarketSimulatorStub(stack.channel("market"))
+        start = market.StartActivation(
+            market_api_pb2.StartActivationRequest(
+                product="aFRR",
+                step_s=4,
+                phases=[
+                    market_api_pb2.ActivationPhase(fraction=0.4, duration_s=up_s),
+                    market_api_pb2.ActivationPhase(fraction=-0.3, duration_s=down_s),
+                ],
+            ),
+            timeout=10,
+        )
+        act_id = start.activation_id
+        say(
+            f"\nActivation {act_id}: +40% of {start.up_capability_kw:.1f} kW up for {up_s} s, "
+            f"then -30% of {start.down_capability_kw:.1f} kW down for {down_s} s (a setpoint every 4 s)\n"
+        )
+        say(f"{'step':>4} {'t s':>5} {'requested kW':>13} {'delivered kW':>13} {'error kW':>9} {'acks':>6}")
+        dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
+        printed: set[int] = set()
+        t0 = time.monotonic()
+        deadline = t0 + up_s + down_s + 25
+        tracking = None
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            state = market.GetActivation(market_api_pb2.GetActivationRequest(activation_id=act_id), timeout=5)
+            try:
+                tracking = dispatch.GetActivationTracking(
+                    dispatch_api_pb2.GetActivationTrackingRequest(activation_id=act_id), timeout=5
+                )
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                continue
+            for s in tracking.samples:
+                if s.step not in printed and s.delivered_kw == s.delivered_kw:  # NaN until the step closes
+                    printed.add(s.step)
+                    say(
+                        f"{s.step:>4} {s.at.ToNanoseconds() / 1e9 - tracking.samples[0].at.ToNanoseconds() / 1e9:>5.0f}"
+                        f" {s.requested_kw:>13.2f} {s.delivered_kw:>13.2f} {s.error_kw:>9.2f}"
+                        f" {s.sites_acked:>3}/{s.sites_commanded}"
+                    )
+            if state.finished and tracking.samples and len(printed) == len(tracking.samples):
+                break
+        if tracking is None:
+            raise RuntimeError("dispatch never reported the activation: see out/demo/run/logs/dispatch.log")
+        tap.stop()
+        series = tap.snapshot()
+
+    closed = [s for s in tracking.samples if s.delivered_kw == s.delivered_kw]
+    errors = [abs(s.error_kw) for s in closed]
+    # The first step of each phase includes the ramp: judge steady tracking from the second step on.
+    steady = [abs(s.error_kw) for i, s in enumerate(closed) if i > 0 and closed[i - 1].requested_kw == s.requested_kw]
+    requested_abs = statistics.fmean(abs(s.requested_kw) for s in closed) if closed else 0.0
+    summary: dict[str, object] = {
+        "activation_id": tracking.activation_id,
+        "steps": len(closed),
+        "mean_abs_error_kw": round(statistics.fmean(errors), 3) if errors else None,
+        "steady_mean_abs_error_kw": round(statistics.fmean(steady), 3) if steady else None,
+        "steady_mean_abs_error_pct_of_request": round(100 * statistics.fmean(steady) / requested_abs, 2)
+        if steady and requested_abs
+        else None,
+        "max_abs_error_kw": round(max(errors), 3) if errors else None,
+        "median_activation_to_write_ms": round(tracking.median_activation_to_write_ms, 1),
+        "commands_sent": tracking.commands_sent,
+        "acks_received": tracking.acks_received,
+        "acks_clamped": tracking.acks_clamped,
+        "wall_time_s": round(time.monotonic() - started, 1),
+    }
+    png = plot_tracking(closed, series, out_dir / "tracking.png", title=f"aFRR activation {tracking.activation_id}")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    say("\nResult")
+    say(f"  steps tracked:                 {summary['steps']}")
+    say(f"  mean |requested - delivered|:  {summary['mean_abs_error_kw']} kW over all steps")
+    say(
+        f"  steady-state mean error:       {summary['steady_mean_abs_error_kw']} kW "
+        f"({summary['steady_mean_abs_error_pct_of_request']} % of the mean request; ramps excluded)"
+    )
+    say(f"  worst step:                    {summary['max_abs_error_kw']} kW (the first step after a change: ramp)")
+    say(f"  activation -> Modbus write:    median {summary['median_activation_to_write_ms']} ms")
+    say(
+        f"  commands / acks / clamped:     {summary['commands_sent']} / {summary['acks_received']} / "
+        f"{summary['acks_clamped']}"
+    )
+    say(f"  plot:                          {png}")
+    say(f"  summary:                       {out_dir / 'summary.json'}")
+    say(f"  logs:                          {out_dir / 'run' / 'logs'}")
+    say(f"  wall time:                     {summary['wall_time_s']} s; every process stopped.")
+    return summary
+
+
+def _retry(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Retry while a service is still warming up (FAILED_PRECONDITION / UNAVAILABLE)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            warming = exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+            if not warming or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _forecast_summary(stack: Stack) -> str:
+    if "forecasting" not in stack.ports:
+        return ""
+    stub = forecasting_pb2_grpc.ForecastingServiceStub(stack.channel("forecasting"))
+    try:
+        fc = stub.GetForecast(
+            forecasting_pb2.GetForecastRequest(stream=common_pb2.FORECAST_STREAM_PV, horizon_minutes=24 * 60),
+            timeout=60,
+        )
+    except grpc.RpcError as exc:
+        return f"Forecasting: {exc.code().name}: {exc.details()}"
+    p50 = [next(v.power_kw for v in p.values if abs(v.quantile - 0.5) < 1e-9) for p in fc.points]
+    p10 = [next(v.power_kw for v in p.values if abs(v.quantile - 0.1) < 1e-9) for p in fc.points]
+    p90 = [next(v.power_kw for v in p.values if abs(v.quantile - 0.9) < 1e-9) for p in fc.points]
+    energy = sum(p50) * 0.25
+    return (
+        f"Forecast ({fc.model}): portfolio PV next 24 h P50 {energy:.0f} kWh, "
+        f"peak P10/P50/P90 {max(p10):.0f}/{max(p50):.0f}/{max(p90):.0f} kW"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--up-s", type=int, default=60)
+    parser.add_argument("--down-s", type=int, default=40)
+    args = parser.parse_args()
+    try:
+        run(args.out, args.up_s, args.down_s)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""PNG plots for people (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_tracking(
+    samples: Sequence[Any], series: dict[str, list[tuple[float, float, float]]], path: Path, title: str
+) -> Path:
+    """Requested vs delivered per step (top) and each site's battery power from telemetry (bottom)."""
+    if not samples:
+        raise RuntimeError("no tracking samples to plot")
+    t0 = samples[0].at.ToNanoseconds() / 1e9
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    ts = [s.at.ToNanoseconds() / 1e9 - t0 for s in samples]
+    ax1.step(ts, [s.requested_kw for s in samples], where="post", label="requested (TSO setpoint)", color="black")
+    ax1.plot([t + 4 for t in ts], [s.delivered_kw for s in samples], "o-", label="delivered (at step end)", color="C1")
+    ax1.set_ylabel("portfolio kW vs baseline")
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.legend(loc="best")
+    ax1.set_title(title)
+    for site, points in sorted(series.items()):
+        xs = [p[0] - t0 for p in points if -20 <= p[0] - t0 <= ts[-1] + 20]
+        ys = [p[1] for p in points if -20 <= p[0] - t0 <= ts[-1] + 20]
+        ax2.plot(xs, ys, label=site, lw=1.2)
+    ax2.set_ylabel("battery kW (+ discharge)")
+    ax2.set_xlabel("seconds since activation start")
+    ax2.axhline(0, color="grey", lw=0.5)
+    ax2.legend(loc="best", fontsize=8, ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
