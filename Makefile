@@ -8,7 +8,7 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := gen/python
 GEN_STAMP := $(GEN)/.generated
 
-.PHONY: all venv protos demo up test test-fast lint typecheck bench bench-forecast load clean check-generated
+.PHONY: all venv protos tools demo up test test-fast lint typecheck bench bench-forecast load clean
 
 all: protos
 
@@ -32,13 +32,26 @@ $(GEN_STAMP): $(PROTO_SRC) $(STAMP)
 
 protos: $(GEN_STAMP)
 
+# Real outside tools the end-to-end tests talk to the platform with (mbpoll, promtool).
+tools:
+	@if ! command -v mbpoll >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo ">> installing mbpoll and prometheus (promtool) from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mbpoll prometheus >/dev/null; \
+	  else \
+	    echo "!! mbpoll/promtool missing: install the Debian packages mbpoll and prometheus (needs root)"; \
+	  fi; \
+	fi
+
 demo: protos
 	@$(PY) -m vpp_demo.demo
 
 up: protos
 	@$(PY) -m vpp_demo.up
 
-test: protos
+test: protos tools
+	@$(PY) -m ruff check services edge-agent tests
+	@$(PY) -m mypy
 	@$(PY) -m pytest -q tests
 
 test-fast: protos

@@ -225,6 +225,12 @@ def build(app: ServiceApp, settings: DispatchSettings) -> Dispatcher:
     )
     # Activations: one shared group, so exactly one replica dispatches each activation.
     # Read from the start so a step produced during the group join is not missed; expired ones are skipped.
-    app.add_consumer({ACTIVATIONS: "activation"}, dispatcher.on_activation, group_id="dispatch", from_beginning=True)
+    app.add_consumer(
+        {ACTIVATIONS: "activation"},
+        dispatcher.on_activation,
+        group_id="dispatch",
+        from_beginning=True,
+        fetch_max_wait_ms=settings.kafka_fast_fetch_max_wait_ms,
+    )
     app.add_task(dispatcher.finalize_loop)
     return dispatcher

@@ -86,7 +86,8 @@ def site_frames(
 
 def real_series() -> tuple[pd.Series, pd.Series]:
     """(UCI household load kW, PVDAQ system 50 kW per kWp), both 15-min UTC slot-start series."""
-    from forecasting.data import load_pvdaq_system50, load_uci_household
+    from forecasting.data.pvdaq import load_pvdaq_system50
+    from forecasting.data.uci import load_uci_household
 
     load = load_uci_household()
     pv, pv_site = load_pvdaq_system50()

@@ -38,6 +38,12 @@ class ForecastingSettings(ServiceSettings):
     pv_inter_site_error_corr: float = Field(default=0.8, ge=0.0, le=0.99)
     load_inter_site_error_corr: float = Field(default=0.1, ge=0.0, le=0.99)
     combine_samples: int = Field(default=2000, ge=200, le=100_000)
+    # Boosting rounds per quantile of the LightGBM models (fit cost grows linearly).
+    load_n_estimators: int = Field(default=250, ge=10, le=5000)
+    pv_n_estimators: int = Field(default=200, ge=10, le=5000)
+    # LightGBM threads per fit. 1 by default: OpenMP threads spinning on a busy 2-core host made a
+    # 2-second fit take a minute (measured); parallelism comes from fitting sites one after another.
+    model_threads: int = Field(default=1, ge=1, le=64)
     # Fitting runs in its own thread pool so it never blocks the event loop or queues behind itself.
     train_workers: int = Field(default=1, ge=1, le=16)
 

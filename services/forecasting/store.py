@@ -141,7 +141,8 @@ class HistoryStore:
         load = _finite_or_none(m.load_power_kw)
         seen_at_s = time.time() if now_s is None else now_s
         mark_seen = self._insert(self.seen).values(message_id=m.message_id, seen_at_s=seen_at_s)
-        mark_seen = mark_seen.on_conflict_do_nothing(index_elements=["message_id"])
+        # RETURNING, not rowcount: drivers disagree on rowcount for a skipped ON CONFLICT row.
+        mark_seen = mark_seen.on_conflict_do_nothing(index_elements=["message_id"]).returning(self.seen.c.message_id)
         ins = self._insert(self.slots).values(
             site_id=m.site_id,
             slot_start_s=slot_start_s(m.measured_at),
@@ -162,7 +163,7 @@ class HistoryStore:
             },
         )
         with self._writing(), self.engine.begin() as conn:
-            if conn.execute(mark_seen).rowcount == 0:
+            if conn.execute(mark_seen).first() is None:
                 return False
             conn.execute(upsert)
         return True

@@ -22,5 +22,10 @@ def build(app: ServiceApp, settings: GatewaySettings) -> EdgeGatewayServicer:
     app.add_servicer(add_to_server, servicer, SERVICE_NAME)
     # Each replica reads every command with a group of its own and delivers those for the sites whose
     # stream it holds (README: "How a command reaches its site").
-    app.add_consumer({COMMANDS: "command"}, servicer.on_command_record, group_id=f"gateway-{settings.instance_id}")
+    app.add_consumer(
+        {COMMANDS: "command"},
+        servicer.on_command_record,
+        group_id=f"gateway-{settings.instance_id}",
+        fetch_max_wait_ms=settings.kafka_fast_fetch_max_wait_ms,
+    )
     return servicer

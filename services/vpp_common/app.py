@@ -39,7 +39,13 @@ class ServiceApp:
         self.grpc.add(register, servicer, full_name)
 
     def add_consumer(
-        self, topics: dict[Topic, str], handler: Handler, *, group_id: str, from_beginning: bool = False
+        self,
+        topics: dict[Topic, str],
+        handler: Handler,
+        *,
+        group_id: str,
+        from_beginning: bool = False,
+        fetch_max_wait_ms: int | None = None,
     ) -> EventConsumer:
         consumer = EventConsumer(
             self.settings,
@@ -48,6 +54,7 @@ class ServiceApp:
             producer=self.producer,
             group_id=group_id,
             from_beginning=from_beginning,
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._consumers.append(consumer)
         return consumer

@@ -146,8 +146,10 @@ class EventConsumer:
         producer: EventProducer,
         group_id: str,
         from_beginning: bool = False,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
-        """``topics`` maps each topic to the Envelope payload field it must carry."""
+        """``topics`` maps each topic to the Envelope payload field it must carry; ``fetch_max_wait_ms``
+        overrides the setting for latency-critical streams (activations, commands)."""
         self._expected = {t.name: payload for t, payload in topics.items()}
         self._handler = handler
         self._producer = producer
@@ -163,7 +165,7 @@ class EventConsumer:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             max_poll_records=500,
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms,
         )
         self._thread = threading.Thread(target=self._run, name=f"consumer-{group_id}", daemon=True)
 

@@ -25,7 +25,9 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
     kafka_heartbeat_interval_ms: int = Field(default=1000, ge=100, le=60_000)
     # How long the broker may hold a fetch with no data: bounds activation-to-setpoint latency.
-    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=5000)
+    kafka_fetch_max_wait_ms: int = Field(default=100, ge=1, le=5000)
+    # ... and for the setpoint path (activations, commands), where every millisecond counts.
+    kafka_fast_fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     grpc_grace_s: float = Field(default=3.0, ge=0.0, le=60.0)

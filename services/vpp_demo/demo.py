@@ -65,9 +65,7 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
                 f"{s.site_id:<12}{'yes' if s.online else 'NO':>7}{specs[s.site_id].pv_kwp:>8.0f}{s.soc_pct:>7.1f}"
                 f"{s.battery_power_kw:>9.2f}{s.max_discharge_kw:>8.0f}{s.up_kw:>9.1f}{s.down_kw:>9.1f}"
             )
-        say(
-            f"{'portfolio':<12}{flex.sites_online:>5}/{flex.sites_total}{'':>33}{flex.up_kw:>9.1f}{flex.down_kw:>9.1f}"
-        )
+        say(f"{'portfolio':<12}{flex.sites_online:>5}/{flex.sites_total}{'':>33}{flex.up_kw:>9.1f}{flex.down_kw:>9.1f}")
         say(f"Gateway holds {len(connected.sites)} site streams.\n")
 
         bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))

@@ -272,9 +272,7 @@ class Stack:
     def _check_alive(self) -> None:
         for proc in self.procs:
             if proc.popen.poll() is not None:
-                raise RuntimeError(
-                    f"{proc.name} exited with code {proc.popen.returncode}: {_tail(proc.log_path)}"
-                )
+                raise RuntimeError(f"{proc.name} exited with code {proc.popen.returncode}: {_tail(proc.log_path)}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -283,4 +281,3 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text[-lines:])
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 from kafka import KafkaConsumer
@@ -12,13 +13,19 @@ from vpp_common.topics import TELEMETRY
 
 
 class TelemetryTap:
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, record_arrival: bool = False) -> None:
         self.series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # t, battery kW, soc %
+        self._record_arrival = record_arrival
+        self._latencies_s: list[float] = []
         self._stop = threading.Event()
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50
+        )
         tps = [TopicPartition(TELEMETRY.name, p) for p in range(TELEMETRY.partitions)]
         self._consumer.assign(tps)
+        # Not seek_to_end (Tansu's ListOffsets(latest) is wrong): read all, time only what is new.
         self._consumer.seek_to_beginning(*tps)
+        self._since_s = time.time()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -30,8 +37,11 @@ class TelemetryTap:
         while not self._stop.is_set():
             for records in self._consumer.poll(timeout_ms=200).values():
                 for r in records:
+                    arrived_s = time.time()
                     env = envelope_pb2.Envelope.FromString(r.value)
                     t = env.telemetry
+                    if self._record_arrival and env.produced_at.ToNanoseconds() / 1e9 > self._since_s:
+                        self._latencies_s.append(arrived_s - t.measured_at.ToNanoseconds() / 1e9)
                     with self._lock:
                         self.series[t.site_id].append(
                             (t.measured_at.ToNanoseconds() / 1e9, t.battery_power_kw, t.soc_pct)
@@ -41,6 +51,11 @@ class TelemetryTap:
     def snapshot(self) -> dict[str, list[tuple[float, float, float]]]:
         with self._lock:
             return {k: sorted(v) for k, v in self.series.items()}
+
+    def latencies_s(self) -> list[float]:
+        """Device read (agent clock) to arrival here, for each record seen while recording arrivals."""
+        with self._lock:
+            return list(self._latencies_s)
 
     def stop(self) -> None:
         self._stop.set()

@@ -29,8 +29,10 @@ def main() -> None:
             print(f"  {name:<24} {url}")
         print("Modbus TCP device simulators (SunSpec, 'SunS' at register 40000, unit 1):")
         for site, ports in stack.site_ports.items():
-            print(f"  {site:<12} 127.0.0.1:{ports.modbus}   e.g. mbpoll -m tcp -a 1 -0 -r 40000 -c 2 -t 4:hex -1 "
-                  f"-p {ports.modbus} 127.0.0.1")
+            print(
+                f"  {site:<12} 127.0.0.1:{ports.modbus}   e.g. mbpoll -m tcp -a 1 -0 -r 40000 -c 2 -t 4:hex -1 "
+                f"-p {ports.modbus} 127.0.0.1"
+            )
         print(f"Gateway site-token secret (demo only): {DEMO_SECRET}")
         print(f"Logs: {args.workdir / 'logs'}\n", flush=True)
         stop.wait()

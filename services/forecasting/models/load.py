@@ -30,7 +30,6 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-
 from forecasting.models.base import (
     DEFAULT_QUANTILES,
     SLOT,

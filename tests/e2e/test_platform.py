@@ -1,0 +1,185 @@
+"""The walking skeleton end to end on real parts: Tansu over TCP, every service as a process, five
+pymodbus device simulators with edge agents; plus clients this project did not write."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from kafka_helpers import producer, read_all
+from prometheus_client.parser import text_string_to_metric_families
+from vpp.v1 import (
+    dispatch_api_pb2,
+    dispatch_api_pb2_grpc,
+    dispatch_pb2,
+    envelope_pb2,
+    market_api_pb2,
+    market_api_pb2_grpc,
+)
+from vpp_common.envelope import wrap
+from vpp_common.topics import ACKS, COMMANDS, TELEMETRY
+from vpp_demo.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(Path(tmp_path_factory.mktemp("e2e")), progress=lambda m: None) as s:
+        yield s
+
+
+def metrics_of(url: str) -> dict[str, float]:
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> None:
+    market = market_api_pb2_grpc.MarketSimulatorStub(stack.channel("market"))
+    start = market.StartActivation(
+        market_api_pb2.StartActivationRequest(
+            step_s=4,
+            phases=[
+                market_api_pb2.ActivationPhase(fraction=0.4, duration_s=16),
+                market_api_pb2.ActivationPhase(fraction=-0.3, duration_s=12),
+            ],
+        ),
+        timeout=10,
+    )
+    assert start.up_capability_kw > 0 and start.down_capability_kw > 0
+    dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
+    deadline = time.monotonic() + 60
+    tracking = None
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            tracking = dispatch.GetActivationTracking(
+                dispatch_api_pb2.GetActivationTrackingRequest(activation_id=start.activation_id), timeout=5
+            )
+        except grpc.RpcError:
+            continue
+        if len(tracking.samples) == 7 and all(s.delivered_kw == s.delivered_kw for s in tracking.samples):
+            break
+    assert tracking is not None and len(tracking.samples) == 7
+    n_sites = len(stack.sites)
+    assert tracking.commands_sent == 7 * n_sites
+    assert tracking.acks_received == 7 * n_sites  # every command reached its device and came back
+    assert tracking.median_activation_to_write_ms > 0
+    up = [s for s in tracking.samples if s.requested_kw > 0]
+    down = [s for s in tracking.samples if s.requested_kw < 0]
+    assert len(up) == 4 and len(down) == 3
+    assert up[0].requested_kw == pytest.approx(0.4 * start.up_capability_kw)
+    # Steady steps (not the first of a phase, which includes the battery ramp) track within 5 %.
+    for phase in (up, down):
+        for s in phase[1:]:
+            assert abs(s.error_kw) <= 0.05 * abs(s.requested_kw), s
+
+    gw = metrics_of(stack.metrics_urls()["gateway"])
+    assert gw["vpp_gateway_connected_sites"] == n_sites
+    assert gw["vpp_gateway_commands_total"] >= 7 * n_sites
+    d = metrics_of(stack.metrics_urls()["dispatch"])
+    assert d["vpp_dispatch_activation_to_write_seconds_count"] == 7 * n_sites
+    assert "vpp_dispatch_tracking_error_kw" in d
+    for site in stack.site_ports:
+        agent = metrics_of(stack.metrics_urls()[f"edge-agent/{site}"])
+        assert agent["vpp_edge_modbus_rtt_seconds_count"] > 0
+
+
+def test_edge_agent_clamps_to_device_limits_and_says_so(stack: Stack) -> None:
+    site = "home-01"  # 5 kW inverter
+    cmd = dispatch_pb2.DispatchCommand(command_id=f"clamp-{time.time_ns()}", site_id=site, battery_setpoint_kw=50.0)
+    cmd.valid_until.FromNanoseconds(time.time_ns() + 20 * 10**9)
+    producer(stack.bootstrap_servers).send(
+        COMMANDS.name, key=site.encode(), value=wrap(cmd, source="test", site_id=site).SerializeToString()
+    ).get(10)
+    deadline = time.monotonic() + 20
+    ack = None
+    while ack is None and time.monotonic() < deadline:
+        for r in read_all(stack.bootstrap_servers, ACKS.name, ACKS.partitions, timeout_s=2):
+            a = envelope_pb2.Envelope.FromString(r.value).ack
+            if a.command_id == cmd.command_id:
+                ack = a
+    assert ack is not None, "no ack for the out-of-range command"
+    assert ack.status == dispatch_pb2.ACK_STATUS_CLAMPED
+    assert ack.applied_kw <= 5.0 + 1e-6
+    assert "50" in ack.reason  # names the requested value
+
+
+def test_every_service_answers_reflection_and_metrics(stack: Stack) -> None:
+    for name in stack.ports:
+        with stack.channel(name) as channel:
+            services = ProtoReflectionDescriptorDatabase(channel).get_services()
+            assert any(s.startswith("vpp.v1.") for s in services), (name, services)
+            assert "grpc.health.v1.Health" in services
+    for name, url in stack.metrics_urls().items():
+        assert metrics_of(url), name
+
+
+def test_librdkafka_client_lists_topics_and_reads_telemetry(stack: Stack) -> None:
+    confluent_kafka = pytest.importorskip("confluent_kafka")  # pinned in requirements.txt
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    assert TELEMETRY.name in topics and COMMANDS.name in topics
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap_servers,
+            "group.id": f"librdkafka-check-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([TELEMETRY.name])
+    seen: set[str] = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < len(stack.sites) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        env = envelope_pb2.Envelope.FromString(msg.value())
+        assert env.telemetry.site_id == msg.key().decode()
+        seen.add(env.telemetry.site_id)
+    consumer.close()
+    assert seen == {s.site_id for s in stack.sites}
+
+
+def test_mbpoll_reads_the_sunspec_marker(stack: Stack) -> None:
+    mbpoll = shutil.which("mbpoll")
+    if mbpoll is None:
+        pytest.fail("mbpoll is not installed: run `make tools` (apt-get install mbpoll)")
+    port = next(iter(stack.site_ports.values())).modbus
+    out = subprocess.run(
+        [
+            mbpoll,
+            "-m",
+            "tcp",
+            "-a",
+            "1",
+            "-0",
+            "-r",
+            "40000",
+            "-c",
+            "2",
+            "-t",
+            "4:hex",
+            "-1",
+            "-p",
+            str(port),
+            "127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "0x5375" in out.stdout and "0x6E53" in out.stdout.upper().replace("0X", "0x")
