@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soc-max-pct", type=float, default=95.0, help="device's own SoC ceiling")
     parser.add_argument("--efficiency", type=float, default=0.9, help="round-trip efficiency")
     parser.add_argument("--tau-s", type=float, default=0.7, help="battery response time constant")
+    parser.add_argument(
+        "--derate-pct",
+        type=float,
+        default=100.0,
+        help="share of the advertised power the hardware really delivers (fault injection)",
+    )
     parser.add_argument("--pv-kwp", type=float, default=6.0,
                         help="peak of the built-in PV shape (ignored with --profile, whose kW are absolute)")
     parser.add_argument("--soc-pct", type=float, default=60.0, help="initial state of charge")
@@ -50,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         soc_max_pct=args.soc_max_pct,
         round_trip_efficiency=args.efficiency,
         tau_s=args.tau_s,
+        derate_pct=args.derate_pct,
     )
     return SimulatorConfig(
         host=args.host,

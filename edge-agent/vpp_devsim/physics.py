@@ -20,6 +20,9 @@ class BatteryParams:
     soc_max_pct: float = 95.0
     round_trip_efficiency: float = 0.9
     tau_s: float = 0.7
+    # Share of the rated power the hardware really delivers (a hot inverter, a weak string). The
+    # registers still advertise the rating, so the platform only finds out from the measurements.
+    derate_pct: float = 100.0
 
     def __post_init__(self) -> None:
         if self.capacity_kwh <= 0 or self.max_charge_kw < 0 or self.max_discharge_kw < 0:
@@ -28,6 +31,8 @@ class BatteryParams:
             raise ValueError("need 0 <= soc_min_pct < soc_max_pct <= 100")
         if not 0 < self.round_trip_efficiency <= 1 or self.tau_s < 0:
             raise ValueError("round_trip_efficiency in (0, 1], tau_s >= 0")
+        if not 0 <= self.derate_pct <= 100:
+            raise ValueError("derate_pct in [0, 100]")
 
 
 class SitePhysics:
@@ -48,7 +53,8 @@ class SitePhysics:
     def target_kw(self) -> float:
         """Command limited by the device's max power and by its SoC window."""
         p = self.params
-        target = min(p.max_discharge_kw, max(-p.max_charge_kw, self.command_kw))
+        derate = p.derate_pct / 100.0
+        target = min(p.max_discharge_kw * derate, max(-p.max_charge_kw * derate, self.command_kw))
         if target > 0 and self.soc_pct <= p.soc_min_pct:
             return 0.0
         if target < 0 and self.soc_pct >= p.soc_max_pct:

@@ -195,6 +195,8 @@ class Dispatcher(dispatch_api_pb2_grpc.DispatchServiceServicer):
                     acks_received=run.acks,
                     commands_sent=sum(r.commanded_sites for r in run.steps.values()),
                     acks_clamped=run.clamped,
+                    reallocations=run.reallocations,
+                    reallocated_sites=sorted(s for s, r in run.sites.items() if r.reallocated),
                 )
                 records = sorted(run.steps.values(), key=lambda r: r.step)
                 if req.last_n:

@@ -148,6 +148,8 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         "commands_sent": tracking.commands_sent,
         "acks_received": tracking.acks_received,
         "acks_clamped": tracking.acks_clamped,
+        "reallocations": tracking.reallocations,
+        "reallocated_sites": list(tracking.reallocated_sites),
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     png = plot_tracking(closed, series, out_dir / "tracking.png", title=f"aFRR activation {tracking.activation_id}")
@@ -164,6 +166,10 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
     say(
         f"  commands / acks / clamped:     {summary['commands_sent']} / {summary['acks_received']} / "
         f"{summary['acks_clamped']}"
+    )
+    say(
+        f"  re-allocations:                {summary['reallocations']} "
+        f"(sites that fell short and had their share moved: {', '.join(tracking.reallocated_sites) or 'none'})"
     )
     say(f"  plot:                          {png}")
     say(f"  summary:                       {out_dir / 'summary.json'}")

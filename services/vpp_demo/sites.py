@@ -13,6 +13,8 @@ class SiteSpec(BaseModel):
     battery_max_kw: float = Field(gt=0)
     load_scale: float = Field(gt=0)  # multiplies the real household's load
     soc_pct: float = Field(ge=0, le=100)
+    # Fault injection: the hardware delivers only this share of what its registers advertise.
+    derate_pct: float = Field(default=100.0, ge=0, le=100)
     latitude: float = 39.74  # Golden, Colorado: where the real PV series was measured
     longitude: float = -105.18
     altitude_m: float = 1730.0
@@ -53,6 +55,7 @@ DEMO_SITES: tuple[SiteSpec, ...] = (
         battery_max_kw=40,
         load_scale=4.0,
         soc_pct=65,
+        derate_pct=60.0,  # a hot inverter: dispatch has to notice and move its share
         tilt_deg=25,
         azimuth_deg=170,
     ),

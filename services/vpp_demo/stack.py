@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vpp_common.broker import EmbeddedBroker
 from vpp_common.netutil import free_port, wait_for_port
 
+from vpp_demo.profiles import write_profiles
 from vpp_demo.sites import DEMO_SITES, SiteSpec
 
 SERVICES = ("aggregation", "dispatch", "bidding", "market", "gateway", "forecasting")
@@ -71,6 +72,8 @@ class Stack:
             self.progress("[1/4] starting the Kafka broker (Tansu, memory storage)")
             self.broker = EmbeddedBroker(log_path=self.workdir / "logs" / "tansu.log").start()
             self._write_sites_file()
+            self.progress("      replaying real PV (NREL PVDAQ 50, 2012-06-15 11:00 MDT) and load (UCI household)")
+            write_profiles(self.sites, self.workdir)
             self.progress(f"[2/4] starting {len(self.services)} services: {', '.join(self.services)}")
             for name in self.services:
                 self.ports[name] = ServicePorts(free_port(), free_port())
@@ -161,7 +164,7 @@ class Stack:
             env["VPP_AGGREGATION_TARGET"] = self.target("aggregation")
         if name == "forecasting":
             env["VPP_SITES_FILE"] = str(self.workdir / "sites.json")
-            env["VPP_FORECAST_STORE_URL"] = f"sqlite:///{self.workdir / 'forecast-store.sqlite'}"
+            env["VPP_STORE_URL"] = f"sqlite:///{self.workdir / 'forecast-store.sqlite'}"
         return env
 
     def _write_sites_file(self) -> None:
@@ -231,9 +234,11 @@ class Stack:
             str(site.pv_kwp),
             "--soc-pct",
             str(site.soc_pct),
+            "--derate-pct",
+            str(site.derate_pct),
         ]
         if profile.exists():
-            sim_argv += ["--profile", str(profile)]
+            sim_argv += ["--profile", str(profile), "--start-offset-s", "0"]
         self._spawn(f"devsim-{site.site_id}", sim_argv, self._base_env())
         wait_for_port("127.0.0.1", modbus_port, 30, f"device simulator of {site.site_id}")
         env = self._base_env()

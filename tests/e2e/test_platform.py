@@ -51,8 +51,8 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
         market_api_pb2.StartActivationRequest(
             step_s=4,
             phases=[
-                market_api_pb2.ActivationPhase(fraction=0.4, duration_s=16),
-                market_api_pb2.ActivationPhase(fraction=-0.3, duration_s=12),
+                market_api_pb2.ActivationPhase(fraction=0.4, duration_s=20),
+                market_api_pb2.ActivationPhase(fraction=-0.3, duration_s=20),
             ],
         ),
         timeout=10,
@@ -69,27 +69,31 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
             )
         except grpc.RpcError:
             continue
-        if len(tracking.samples) == 7 and all(s.delivered_kw == s.delivered_kw for s in tracking.samples):
+        if len(tracking.samples) == 10 and all(s.delivered_kw == s.delivered_kw for s in tracking.samples):
             break
-    assert tracking is not None and len(tracking.samples) == 7
+    assert tracking is not None and len(tracking.samples) == 10
     n_sites = len(stack.sites)
-    assert tracking.commands_sent == 7 * n_sites
-    assert tracking.acks_received == 7 * n_sites  # every command reached its device and came back
+    assert tracking.commands_sent == 10 * n_sites
+    assert tracking.acks_received == 10 * n_sites  # every command reached its device and came back
     assert tracking.median_activation_to_write_ms > 0
     up = [s for s in tracking.samples if s.requested_kw > 0]
     down = [s for s in tracking.samples if s.requested_kw < 0]
-    assert len(up) == 4 and len(down) == 3
+    assert len(up) == 5 and len(down) == 5
     assert up[0].requested_kw == pytest.approx(0.4 * start.up_capability_kw)
-    # Steady steps (not the first of a phase, which includes the battery ramp) track within 5 %.
+    # farm-01's inverter delivers 60 % of its rating (the registers do not say so). Whenever its
+    # share needs more, dispatch sees it fall short at two step ends and moves the share to the
+    # others; no healthy site is ever blamed, and the last steps of each phase track within 5 %.
+    assert set(tracking.reallocated_sites) <= {"farm-01"}
     for phase in (up, down):
-        for s in phase[1:]:
+        for s in phase[-2:]:
             assert abs(s.error_kw) <= 0.05 * abs(s.requested_kw), s
 
     gw = metrics_of(stack.metrics_urls()["gateway"])
     assert gw["vpp_gateway_connected_sites"] == n_sites
-    assert gw["vpp_gateway_commands_total"] >= 7 * n_sites
+    assert gw["vpp_gateway_commands_total"] >= 10 * n_sites
     d = metrics_of(stack.metrics_urls()["dispatch"])
-    assert d["vpp_dispatch_activation_to_write_seconds_count"] == 7 * n_sites
+    assert d["vpp_dispatch_activation_to_write_seconds_count"] == 10 * n_sites
+    assert d["vpp_dispatch_reallocations_total"] == tracking.reallocations
     assert "vpp_dispatch_tracking_error_kw" in d
     for site in stack.site_ports:
         agent = metrics_of(stack.metrics_urls()[f"edge-agent/{site}"])

@@ -47,6 +47,18 @@ def test_power_limits_honoured() -> None:
     assert physics.battery_kw == pytest.approx(-5.0)
 
 
+def test_derated_hardware_delivers_less_than_it_advertises() -> None:
+    site = SitePhysics(BatteryParams(max_discharge_kw=10.0, max_charge_kw=10.0, tau_s=0.0, derate_pct=60.0), 50.0)
+    site.command_kw = 8.0
+    site.step(1.0, pv_kw=0.0, load_kw=0.0)
+    assert site.battery_kw == pytest.approx(6.0)
+    site.command_kw = -9.0
+    site.step(1.0, pv_kw=0.0, load_kw=0.0)
+    assert site.battery_kw == pytest.approx(-6.0)
+    with pytest.raises(ValueError):
+        BatteryParams(derate_pct=120.0)
+
+
 def test_battery_stops_at_soc_floor_and_ceiling() -> None:
     physics = SitePhysics(PARAMS, soc_pct=12.0)
     physics.command_kw = 4.0
