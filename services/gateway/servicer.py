@@ -31,6 +31,7 @@ MESSAGES_IN = Counter("vpp_gateway_messages_in_total", "Agent messages received"
 REFUSED = Counter("vpp_gateway_messages_refused_total", "Agent messages refused (stream kept)", ["reason"])
 DUPLICATES = Counter("vpp_gateway_duplicates_dropped_total", "Agent messages already written, dropped")
 COMMANDS = Counter("vpp_gateway_commands_total", "Commands from Kafka by outcome", ["outcome"])
+ACKS_DROPPED = Counter("vpp_gateway_acks_dropped_total", "Cumulative acks not queued (agent reading slowly)")
 KAFKA_WRITE = Histogram(
     "vpp_gateway_kafka_write_seconds", "Agent message to broker acknowledgement", buckets=metrics.LATENCY_BUCKETS_S
 )
@@ -80,9 +81,7 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             return
         ledger = self.registry.ledgers[command.site_id]
         msg = self.registry.next_message(ledger, command)
-        try:
-            session.outbound.put_nowait(msg)
-        except asyncio.QueueFull:
+        if not session.offer(msg):
             COMMANDS.labels("queue_full").inc()  # stays unacked; re-sent when the agent reconnects
             return
         session.commands_out += 1
@@ -103,14 +102,14 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             return
         session, ledger, old = self.registry.open(site_id)
         if old is not None:
-            old.outbound.put_nowait(None)  # type: ignore[arg-type]  # ends the superseded stream
+            old.end()  # the agent reconnected: end the superseded stream
         CONNECTS.inc()
         if ledger.connects > 1:
             RECONNECTS.inc()
         CONNECTED.set(len(self.registry.sessions))
         log.info("site_connected", site_id=site_id, peer=context.peer(), connects=ledger.connects)
         reader = asyncio.create_task(self._read(session, ledger, request_iterator, context))
-        reader.add_done_callback(lambda _t: session.outbound.put_nowait(None))  # type: ignore[arg-type]
+        reader.add_done_callback(lambda _t: session.end())
         try:
             while True:
                 msg = await session.outbound.get()
@@ -155,7 +154,7 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             elif kind in ("telemetry", "ack"):
                 await self._forward(session, ledger, item, kind)
             elif kind == "heartbeat":
-                session.outbound.put_nowait(gateway_pb2.GatewayMessage(ack_seq=ledger.last_agent_seq))
+                self._send_ack(session, ledger)
             else:
                 self._refuse(session, item.seq, "empty", "message has no body")
                 self._mark_processed(ledger, item.seq)
@@ -173,8 +172,8 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             cmd = msg.command
             if cmd.HasField("valid_until") and cmd.valid_until.ToNanoseconds() < now_ns:
                 continue
-            COMMANDS.labels("resent").inc()
-            session.outbound.put_nowait(msg)
+            if session.offer(msg):
+                COMMANDS.labels("resent").inc()
 
     async def _forward(self, session: SiteSession, ledger: SiteLedger, item: Any, kind: str) -> None:
         if item.seq <= ledger.last_agent_seq:
@@ -192,13 +191,19 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             )
             KAFKA_WRITE.observe(loop.time() - started)
             ledger.last_agent_seq = item.seq
-        session.outbound.put_nowait(gateway_pb2.GatewayMessage(ack_seq=ledger.last_agent_seq))
+        self._send_ack(session, ledger)
+
+    @staticmethod
+    def _send_ack(session: SiteSession, ledger: SiteLedger) -> None:
+        """Acks are cumulative: when the agent reads too slowly, dropping one loses nothing."""
+        if not session.offer(gateway_pb2.GatewayMessage(ack_seq=ledger.last_agent_seq)):
+            ACKS_DROPPED.inc()
 
     def _refuse(self, session: SiteSession, seq: int, reason: str, detail: str) -> None:
         REFUSED.labels(reason).inc()
         log.warning("message_refused", site_id=session.site_id, seq=seq, reason=reason, detail=detail)
         refusal = gateway_pb2.Refusal(refused_seq=seq, reason=f"{reason}: {detail}")
-        session.outbound.put_nowait(gateway_pb2.GatewayMessage(refusal=refusal))
+        session.offer(gateway_pb2.GatewayMessage(refusal=refusal))  # logged and counted even if dropped
 
     @staticmethod
     def _mark_processed(ledger: SiteLedger, seq: int) -> None:

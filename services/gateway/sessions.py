@@ -18,10 +18,22 @@ from vpp.v1 import dispatch_pb2, gateway_pb2
 class SiteSession:
     site_id: str
     connected_at: float
-    outbound: asyncio.Queue[gateway_pb2.GatewayMessage]
+    limit: int
+    # Unbounded so the end-of-stream sentinel (None) always fits; ``offer`` enforces ``limit``.
+    outbound: asyncio.Queue[gateway_pb2.GatewayMessage | None] = field(default_factory=asyncio.Queue)
     messages_in: int = 0
     commands_out: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, msg: gateway_pb2.GatewayMessage) -> bool:
+        """Queue a message for the agent unless it is already ``limit`` behind."""
+        if self.outbound.qsize() >= self.limit:
+            return False
+        self.outbound.put_nowait(msg)
+        return True
+
+    def end(self) -> None:
+        self.outbound.put_nowait(None)
 
 
 @dataclass
@@ -46,7 +58,7 @@ class SessionRegistry:
     def open(self, site_id: str) -> tuple[SiteSession, SiteLedger, SiteSession | None]:
         """A new stream for a site replaces any older one (the agent reconnected): returns the old."""
         old = self.sessions.get(site_id)
-        session = SiteSession(site_id, time.time(), asyncio.Queue(self._queue_size))
+        session = SiteSession(site_id, time.time(), self._queue_size)
         self.sessions[site_id] = session
         ledger = self.ledgers.setdefault(site_id, SiteLedger())
         ledger.connects += 1

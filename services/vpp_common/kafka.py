@@ -217,5 +217,8 @@ class EventConsumer:
             self._handler(env, record)
         except (ValueError, KeyError) as exc:  # the record is at fault (domain validation)
             dead_letter(self._producer, record, "invalid", repr(exc))
+        except Exception as exc:  # a bug of ours: keep the record, say so loudly, keep consuming
+            log.exception("handler_failed", topic=topic, offset=record.offset)
+            dead_letter(self._producer, record, "handler_error", repr(exc))
         finally:
             metrics.KAFKA_PROCESSING_SECONDS.labels(topic).observe(time.perf_counter() - started)
