@@ -23,7 +23,7 @@ COMPONENTS = ("gateway", "aggregation", "dispatch", "bidding", "forecasting", "m
 GRPC_PORT = 50051
 METRICS_PORT = 9102
 # Custom resources kubernetes-validate has no schema for; checked by hand below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 Doc = dict[str, Any]
 
@@ -131,6 +131,15 @@ def test_pods_are_locked_down(rendered: dict[str, list[Doc]], case_id: str) -> N
             assert "memory" in container["resources"]["limits"]
             # The root filesystem is read-only: /tmp is the one writable place.
             assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+
+
+def test_alert_rules_ship_in_the_chart_only_when_enabled(rendered: dict[str, list[Doc]]) -> None:
+    assert not of_kind(rendered["vpp:values.yaml"], "PrometheusRule")
+    (rule,) = of_kind(rendered["vpp:ci/ha-values.yaml"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    shipped = yaml.safe_load((VPP_CHART / "files" / "alerts.yaml").read_text())
+    assert rule["spec"] == shipped  # the same rules promtool tests in tests/alerts
 
 
 @pytest.mark.parametrize("case_id", [c for c in CASE_IDS if c.startswith("vpp:")])
