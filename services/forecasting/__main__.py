@@ -6,12 +6,18 @@ from vpp_common.app import ServiceApp
 
 from forecasting.service import build
 from forecasting.settings import ForecastingSettings
+from forecasting.sites import SitesFileError, load_sites
+from forecasting.store import StoreUnavailable
 
 
 def main() -> None:
     settings = ForecastingSettings()
-    app = ServiceApp(settings)
-    build(app, settings)
+    try:
+        sites = load_sites(settings.sites_file)  # before Kafka: a bad file should fail fast and say why
+        app = ServiceApp(settings)
+        build(app, settings, sites=sites)
+    except (SitesFileError, StoreUnavailable) as exc:  # configuration errors: one clear line, no traceback
+        raise SystemExit(f"forecasting: {exc}") from exc
     asyncio.run(app.run())
 
 

@@ -40,7 +40,7 @@ import pandas as pd
 from google.protobuf.timestamp_pb2 import Timestamp
 from vpp.v1 import common_pb2, envelope_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
 from vpp_common.app import ServiceApp
-from vpp_common.kafka import EventProducer
+from vpp_common.kafka import EventConsumer, EventProducer
 from vpp_common.logs import get_logger
 from vpp_common.topics import FORECASTS, TELEMETRY
 
@@ -69,6 +69,56 @@ class NoHistory(RuntimeError):
     """A site stream has no measurement yet, so there is nothing to fit a model on."""
 
 
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate's day-ahead validation on the latest days (the forecasts the selection rule scored)."""
+
+    pinball_kw: float  # mean pinball loss over P10, P50, P90: the number the selection rule compares
+    mae_kw: float  # |P50 - measured|
+    coverage_p10_p90: float  # share of measurements inside [P10, P90] (0.8 when calibrated)
+
+
+class _Recorder:
+    """Wraps a candidate to keep the validation forecasts ``choose_served_model`` asks it for, so MAE and
+    band coverage are reported from the very forecasts the pinball score (and the choice) came from."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = str(inner.name)
+        self.is_fallback = bool(getattr(inner, "is_fallback", False))
+        self._rounds: list[list[pd.DataFrame]] = []  # forecasts made after each fit
+
+    def fit(self, history: pd.Series) -> None:
+        self._rounds.append([])
+        self.inner.fit(history)
+
+    def update(self, history: pd.Series) -> None:
+        self.inner.update(history)
+
+    def predict(self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]) -> pd.DataFrame:
+        frame = self.inner.predict(issue_time, slots, quantiles)
+        if self._rounds:
+            self._rounds[-1].append(frame)
+        return frame
+
+    def score(self, pinball_kw: float, history: pd.Series) -> CandidateScore:
+        """Scores of the validation round (the fit that was followed by forecasts)."""
+        recorded = next((r for r in self._rounds if r), [])
+        if not recorded:
+            return CandidateScore(pinball_kw, math.nan, math.nan)
+        fc = pd.concat(recorded)
+        y = history.reindex(fc.index).to_numpy(dtype=float)
+        ok = np.isfinite(y)
+        if not ok.any():
+            return CandidateScore(pinball_kw, math.nan, math.nan)
+        cols = sorted(float(c) for c in fc.columns)
+        p50 = fc[min(cols, key=lambda q: abs(q - 0.5))].to_numpy()
+        lo, hi = fc[cols[0]].to_numpy(), fc[cols[-1]].to_numpy()
+        mae = float(np.mean(np.abs(y[ok] - p50[ok])))
+        coverage = float(np.mean((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])))
+        return CandidateScore(pinball_kw, mae, coverage)
+
+
 @dataclass
 class ServedModel:
     """The model serving one site stream, with the validation that chose it."""
@@ -77,7 +127,7 @@ class ServedModel:
     stream: int
     model: Any  # forecasting.models.base.QuantileForecaster
     trained_at: datetime
-    scores: dict[str, float]  # mean day-ahead pinball loss (kW) per candidate name
+    scores: dict[str, CandidateScore]  # the day-ahead validation of every candidate, by name
     fallback_name: str
     lock: threading.Lock = field(default_factory=threading.Lock)  # update() and predict() mutate/read state
 
@@ -228,10 +278,13 @@ class ForecastingCore:
         for name in ("pv_power_kw", "load_power_kw"):
             if not math.isfinite(getattr(t, name)):
                 raise ValueError(f"telemetry.{name} is not finite")
+        measured_at = t.measured_at.ToDatetime(tzinfo=UTC)
+        if measured_at > self._clock() + pd.Timedelta(seconds=self.settings.max_clock_skew_s):
+            raise ValueError(f"telemetry.measured_at {measured_at.isoformat()} is in the future")
         measurement = Measurement(
             message_id=env.message_id,
             site_id=site_id,
-            measured_at=t.measured_at.ToDatetime(tzinfo=UTC),
+            measured_at=measured_at,
             pv_power_kw=t.pv_power_kw,
             load_power_kw=t.load_power_kw,
         )
@@ -280,7 +333,14 @@ class ForecastingCore:
         candidates = self._candidates(site, stream, self.settings)
         fallback = next((c for c in candidates if getattr(c, "is_fallback", False)), candidates[-1])
         started = time.perf_counter()
-        model, scores = choose(candidates, history, self.settings, site.pv.timezone)
+        recorders = {r.name: r for r in map(_Recorder, candidates)}
+        chosen, pinball = choose(list(recorders.values()), history, self.settings, site.pv.timezone)
+        model = chosen.inner if isinstance(chosen, _Recorder) else chosen
+        scores: dict[str, CandidateScore] = {}
+        for name, value in pinball.items():
+            recorder = recorders.get(str(name))
+            no_record = CandidateScore(float(value), math.nan, math.nan)  # a baseline the rule added itself
+            scores[str(name)] = recorder.score(float(value), history) if recorder else no_record
         elapsed_s = time.perf_counter() - started
         m.TRAINING_SECONDS.labels(STREAM_LABEL[stream]).observe(elapsed_s)
         log.info(
@@ -288,7 +348,7 @@ class ForecastingCore:
             site_id=site_id,
             stream=STREAM_LABEL[stream],
             served=model.name,
-            scores=",".join(f"{k}:{v:.4f}" for k, v in scores.items()),
+            pinball_kw=",".join(f"{k}:{v.pinball_kw:.4f}" for k, v in scores.items()),
             history_slots=int(history.notna().sum()),
             seconds=round(elapsed_s, 2),
         )
@@ -297,7 +357,7 @@ class ForecastingCore:
             stream=stream,
             model=model,
             trained_at=now.to_pydatetime(),
-            scores={str(k): float(v) for k, v in scores.items()},
+            scores=scores,
             fallback_name=str(fallback.name),
         )
 
@@ -435,6 +495,17 @@ class ForecastingCore:
         m.REFRESH_SECONDS.observe(time.perf_counter() - started)
         return out
 
+    def seed_missing(self) -> list[str]:
+        """Backfill ``seed_days_if_empty`` days of the real series for sites with no history (demo)."""
+        days = self.settings.seed_days_if_empty
+        empty = [s for sid, s in self.sites.items() if self.store.last_slot(sid) is None]
+        if days <= 0 or not empty:
+            return []
+        from forecasting.seed import seed
+
+        seed(self.store, empty, days, self._clock().to_pydatetime())
+        return [s.site_id for s in empty]
+
     def mark_published(self, fc: forecast_pb2.Forecast) -> None:
         """Start the age gauge of this site stream at the forecast's issue time."""
         key = (fc.site_id or PORTFOLIO_KEY, fc.stream)
@@ -451,20 +522,28 @@ class ForecastingCore:
         """Every candidate of every fitted site stream, its validation score and whether it is served."""
         infos: list[forecasting_pb2.ModelInfo] = []
         for (sid, stream), served in sorted(self._models.items()):
-            base = served.scores.get(served.fallback_name)
-            for name, pinball_kw in served.scores.items():
+            fallback = served.scores.get(served.fallback_name)
+            base = fallback.pinball_kw if fallback else math.nan
+            for name, score in served.scores.items():
                 info = forecasting_pb2.ModelInfo(
                     site_id=sid,
                     stream=as_stream(stream),
                     model=name,
-                    backtest_pinball_kw=pinball_kw if math.isfinite(pinball_kw) else 0.0,
+                    backtest_pinball_kw=_finite(score.pinball_kw),
+                    backtest_mae_kw=_finite(score.mae_kw),
+                    backtest_coverage_p10_p90=_finite(score.coverage_p10_p90),
                     served=name == served.name,
                 )
                 info.trained_at.CopyFrom(to_timestamp(served.trained_at))
-                if base and math.isfinite(base) and base > 0 and math.isfinite(pinball_kw):
-                    info.skill_vs_baseline = 1.0 - pinball_kw / base
+                if math.isfinite(base) and base > 0 and math.isfinite(score.pinball_kw):
+                    info.skill_vs_baseline = 1.0 - score.pinball_kw / base
                 infos.append(info)
         return infos
+
+
+def _finite(value: float) -> float:
+    """Proto doubles: an unknown score is sent as 0 (proto3 default), never NaN."""
+    return value if math.isfinite(value) else 0.0
 
 
 class Scheduler:
@@ -485,6 +564,12 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         settings = self.core.settings
         try:
+            if settings.seed_days_if_empty > 0:
+                try:
+                    seeded = await loop.run_in_executor(self.executor, self.core.seed_missing)
+                    log.info("history_seeded", sites=",".join(seeded) or "none", days=settings.seed_days_if_empty)
+                except Exception:  # no data files: forecast from what is measured instead
+                    log.exception("history_seed_failed")
             while True:
                 try:
                     forecasts = await loop.run_in_executor(self.executor, self.core.refresh)
@@ -519,24 +604,30 @@ class Built:
     scheduler: Scheduler
     servicer: Any
     store: HistoryStore
+    consumer: EventConsumer
 
 
 def build(
-    app: ServiceApp, settings: ForecastingSettings, *, candidates: CandidateFactory = default_candidates
+    app: ServiceApp,
+    settings: ForecastingSettings,
+    *,
+    sites: Sequence[SiteConfig] | None = None,
+    candidates: CandidateFactory = default_candidates,
 ) -> Built:
-    """Open the store, load the sites, register the servicer, the telemetry consumer and the scheduler."""
+    """Open the store, load the sites (unless given), register the servicer, the telemetry consumer and
+    the scheduler."""
     from forecasting.servicer import SERVICE_NAME, ForecastingServicer
 
-    sites = load_sites(settings.sites_file)
+    sites = load_sites(settings.sites_file) if sites is None else sites
     store = HistoryStore(settings.store_url)
     store.create_schema()
     core = ForecastingCore(settings, store, sites, candidates=candidates)
-    executor = ThreadPoolExecutor(max_workers=settings.train_workers + 1, thread_name_prefix="forecasting")
+    executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="forecasting")
     scheduler = Scheduler(core, app.producer, executor)
     servicer = ForecastingServicer(core, executor)
     app.add_servicer(forecasting_pb2_grpc.add_ForecastingServiceServicer_to_server, servicer, SERVICE_NAME)
     # One group for all replicas: each slot's samples must be counted by exactly one of them.
-    app.add_consumer({TELEMETRY: "telemetry"}, core.on_telemetry, group_id="forecasting-history")
+    consumer = app.add_consumer({TELEMETRY: "telemetry"}, core.on_telemetry, group_id="forecasting-history")
     app.add_task(scheduler.run)
     log.info("forecasting_built", sites=len(sites), store=store.engine.url.render_as_string(hide_password=True))
-    return Built(core, scheduler, servicer, store)
+    return Built(core, scheduler, servicer, store, consumer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from vpp_common.settings import ServiceSettings
 
 from forecasting.store import normalise_store_url
@@ -19,8 +19,15 @@ class ForecastingSettings(ServiceSettings):
 
     # SQLAlchemy URL of the history store. SQLite (embedded) by default; production uses
     # postgresql+psycopg://user@host:5432/db. A bare file path or ":memory:" is accepted too.
-    store_url: str = "sqlite:///forecasting-history.sqlite"
+    store_url: str = Field(
+        default="sqlite:///forecasting-history.sqlite",
+        validation_alias=AliasChoices("VPP_STORE_URL", "VPP_FORECAST_STORE_URL", "store_url"),
+    )
     sites_file: Path = DEFAULT_SITES_FILE
+
+    # Demo convenience: at start, backfill this many days of the real series (forecasting.seed) for every
+    # site that has no history at all. 0 (default) never writes anything the service did not measure.
+    seed_days_if_empty: int = Field(default=0, ge=0, le=365)
 
     # How often every site's forecasts are recomputed and published (also on demand via gRPC).
     refresh_interval_s: float = Field(default=900.0, ge=1.0, le=86_400.0)
@@ -29,8 +36,9 @@ class ForecastingSettings(ServiceSettings):
     # Days of 15-min history each fit sees, and how many of the latest days decide which model is served.
     train_history_days: int = Field(default=56, ge=1, le=730)
     validation_days: int = Field(default=7, ge=1, le=60)
-    # A re-delivered Kafka record is recognised by its message id for this long (see store.py).
-    dedupe_window_s: float = Field(default=2 * 86_400.0, ge=60.0, le=30 * 86_400.0)
+    # A re-delivered Kafka record is recognised by its message id for this long (see store.py). Kafka
+    # re-delivers what was not committed when a consumer restarts: minutes, so 6 h is ample.
+    dedupe_window_s: float = Field(default=6 * 3600.0, ge=60.0, le=30 * 86_400.0)
 
     # Dependence assumed when quantile sets are combined by sampling (NET stream and the portfolio):
     # correlation of the forecast errors in a Gaussian copula (see service.py, combine.py).
@@ -44,8 +52,12 @@ class ForecastingSettings(ServiceSettings):
     # LightGBM threads per fit. 1 by default: OpenMP threads spinning on a busy 2-core host made a
     # 2-second fit take a minute (measured); parallelism comes from fitting sites one after another.
     model_threads: int = Field(default=1, ge=1, le=64)
-    # Fitting runs in its own thread pool so it never blocks the event loop or queues behind itself.
-    train_workers: int = Field(default=1, ge=1, le=16)
+    # Worker threads for the scheduled refresh and on-demand GetForecast calls: every fit and prediction
+    # runs in them, never on the event loop. One refresh runs at a time; the rest serve gRPC meanwhile.
+    worker_threads: int = Field(default=2, ge=2, le=32)
+    # Telemetry stamped further ahead of this service's clock is refused (dead-lettered): a slot in the
+    # future would be read as history by every later fit.
+    max_clock_skew_s: float = Field(default=300.0, ge=0.0, le=86_400.0)
 
     @field_validator("store_url")
     @classmethod

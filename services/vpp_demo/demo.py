@@ -9,6 +9,7 @@ prints requested vs delivered per 4 s step and writes ``out/demo/tracking.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -34,7 +35,7 @@ from vpp.v1 import (
     market_api_pb2_grpc,
 )
 
-from vpp_demo.plots import plot_tracking
+from vpp_demo.plots import plot_forecasts, plot_tracking
 from vpp_demo.stack import Stack
 from vpp_demo.telemetry_tap import TelemetryTap
 
@@ -77,9 +78,6 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         for b in bids.bids:
             d = "up" if b.direction == common_pb2.DIRECTION_UP else "down"
             say(f"Bid {b.bid_id}: aFRR {d:<4} {b.capacity_kw:7.1f} kW at {b.capacity_price_eur_per_mw:.0f} EUR/MW")
-        forecast_note = _forecast_summary(stack)
-        if forecast_note:
-            say(forecast_note)
 
         market = market_api_pb2_grpc.MarketSimulatorStub(stack.channel("market"))
         start = market.StartActivation(
@@ -129,6 +127,7 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
             raise RuntimeError("dispatch never reported the activation: see out/demo/run/logs/dispatch.log")
         tap.stop()
         series = tap.snapshot()
+        forecast_png = _forecast_section(stack, out_dir)
 
     closed = [s for s in tracking.samples if s.delivered_kw == s.delivered_kw]
     errors = [abs(s.error_kw) for s in closed]
@@ -172,6 +171,8 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         f"(sites that fell short and had their share moved: {', '.join(tracking.reallocated_sites) or 'none'})"
     )
     say(f"  plot:                          {png}")
+    if forecast_png is not None:
+        say(f"  forecast plot:                 {forecast_png}")
     say(f"  summary:                       {out_dir / 'summary.json'}")
     say(f"  logs:                          {out_dir / 'run' / 'logs'}")
     say(f"  wall time:                     {summary['wall_time_s']} s; every process stopped.")
@@ -191,25 +192,42 @@ def _retry(call: Callable[[], T], timeout_s: float = 30.0) -> T:
             time.sleep(1.0)
 
 
-def _forecast_summary(stack: Stack) -> str:
+def _forecast_section(stack: Stack, out_dir: Path) -> Path | None:
+    """Portfolio forecasts (trained while the activation ran) as a table and a PNG with the bands."""
     if "forecasting" not in stack.ports:
-        return ""
+        return None
     stub = forecasting_pb2_grpc.ForecastingServiceStub(stack.channel("forecasting"))
-    try:
-        fc = stub.GetForecast(
-            forecasting_pb2.GetForecastRequest(stream=common_pb2.FORECAST_STREAM_PV, horizon_minutes=24 * 60),
-            timeout=60,
+    say("\nForecasts (portfolio, next 36 h, from models trained on each site's real history)")
+    forecasts = {}
+    for name, stream in (
+        ("PV", common_pb2.FORECAST_STREAM_PV),
+        ("load", common_pb2.FORECAST_STREAM_LOAD),
+        ("net", common_pb2.FORECAST_STREAM_NET),
+    ):
+        request = forecasting_pb2.GetForecastRequest(stream=stream, horizon_minutes=36 * 60, quantiles=[0.1, 0.5, 0.9])
+        try:
+            fc = _retry(functools.partial(stub.GetForecast, request, timeout=120), timeout_s=120)
+        except grpc.RpcError as exc:
+            say(f"  {name:<5} not available: {exc.code().name}: {exc.details()}")
+            continue
+        forecasts[name] = fc
+        q = {
+            qv: [next(v.power_kw for v in p.values if abs(v.quantile - qv) < 1e-9) for p in fc.points]
+            for qv in (0.1, 0.5, 0.9)
+        }
+        say(
+            f"  {name:<5} {len(fc.points)} slots, P50 energy {sum(q[0.5]) * 0.25:8.0f} kWh, "
+            f"peak P10/P50/P90 {max(q[0.1]):6.1f} / {max(q[0.5]):6.1f} / {max(q[0.9]):6.1f} kW  ({fc.model})"
         )
+    try:
+        models = stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=10).models
+        served = sorted({m.model for m in models if m.served})
+        say(f"  models served: {', '.join(served)} ({len(models)} site models scored on their latest days)")
     except grpc.RpcError as exc:
-        return f"Forecasting: {exc.code().name}: {exc.details()}"
-    p50 = [next(v.power_kw for v in p.values if abs(v.quantile - 0.5) < 1e-9) for p in fc.points]
-    p10 = [next(v.power_kw for v in p.values if abs(v.quantile - 0.1) < 1e-9) for p in fc.points]
-    p90 = [next(v.power_kw for v in p.values if abs(v.quantile - 0.9) < 1e-9) for p in fc.points]
-    energy = sum(p50) * 0.25
-    return (
-        f"Forecast ({fc.model}): portfolio PV next 24 h P50 {energy:.0f} kWh, "
-        f"peak P10/P50/P90 {max(p10):.0f}/{max(p50):.0f}/{max(p90):.0f} kW"
-    )
+        say(f"  models: {exc.code().name}: {exc.details()}")
+    if not forecasts:
+        return None
+    return plot_forecasts(forecasts, out_dir / "forecast.png")
 
 
 def main() -> None:

@@ -40,3 +40,28 @@ def plot_tracking(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def quantile_series(forecast: Any, level: float) -> list[float]:
+    """The values of one quantile across a Forecast's points."""
+    return [next(v.power_kw for v in p.values if abs(v.quantile - level) < 1e-9) for p in forecast.points]
+
+
+def plot_forecasts(forecasts: dict[str, Any], path: Path) -> Path:
+    """One panel per stream: P50 line and the P10-P90 band."""
+    fig, axes = plt.subplots(len(forecasts), 1, figsize=(10, 2.8 * len(forecasts)), sharex=True, squeeze=False)
+    for ax, (name, fc) in zip(axes[:, 0], forecasts.items(), strict=True):
+        hours = [(p.start.ToNanoseconds() - fc.issued_at.ToNanoseconds()) / 3.6e12 for p in fc.points]
+        low, mid, high = (quantile_series(fc, level) for level in (0.1, 0.5, 0.9))
+        ax.fill_between(hours, low, high, alpha=0.3, label="P10-P90", step="post")
+        ax.step(hours, mid, where="post", label="P50", color="C0")
+        ax.set_ylabel(f"{name} kW")
+        ax.set_title(f"portfolio {name} ({fc.model})", fontsize=9)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("hours after issue")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -66,6 +66,7 @@ class Stack:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Stack:
+        self.workdir = self.workdir.resolve()  # children run with it as their working directory
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         try:
@@ -165,6 +166,11 @@ class Stack:
         if name == "forecasting":
             env["VPP_SITES_FILE"] = str(self.workdir / "sites.json")
             env["VPP_STORE_URL"] = f"sqlite:///{self.workdir / 'forecast-store.sqlite'}"
+            # Backfill each demo site with the real series it replays, and keep first training short.
+            env.setdefault("VPP_SEED_DAYS_IF_EMPTY", "35")
+            env.setdefault("VPP_TRAIN_HISTORY_DAYS", "28")
+            env.setdefault("VPP_LOAD_N_ESTIMATORS", "80")
+            env.setdefault("VPP_PV_N_ESTIMATORS", "80")
         return env
 
     def _write_sites_file(self) -> None:

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="reduced run: 6 test weeks per data set, smaller models")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="LightGBM threads (1-2)")
+    p.add_argument("--threads", type=int, default=1, help="LightGBM threads (1-2)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--no-forecasts", action="store_true", help="skip forecasts_*.csv.gz")
     return p

@@ -66,6 +66,9 @@ def skill_with_ci(
     per_day = df.groupby("d").agg(m=("m", "sum"), b=("b", "sum"), n=("m", "size"))
     m, b, n = (per_day[c].to_numpy(dtype=float) for c in ("m", "b", "n"))
 
+    if len(m) == 0:
+        return float("nan"), float("nan"), float("nan")
+
     def skill(ms: np.ndarray, bs: np.ndarray, ns: np.ndarray) -> np.ndarray:
         mm, bb = ms / ns, bs / ns
         if root:

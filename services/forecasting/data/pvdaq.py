@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from forecasting.data.cache import cached
 from forecasting.models.physics import pv_physics
 from forecasting.models.site import PvSite

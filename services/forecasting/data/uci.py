@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from forecasting.data.cache import cached
 
 MINUTES_PER_DAY = 1440

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
 from forecasting.models.base import (
     SLOT,
     SLOTS_PER_DAY,

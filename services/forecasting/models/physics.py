@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pvlib
+
 from forecasting.models.site import PvSite
 
 SLOT = pd.Timedelta(minutes=15)

@@ -41,6 +41,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
 from forecasting.models.base import (
     SLOT,
     SLOTS_PER_DAY,
@@ -248,16 +249,16 @@ class PvForecaster:
         intraday_max_lead_slots: int = 24,
         max_lead_slots: int = 144,
         dayahead_issue_hours: Sequence[int] = (12,),
-        n_estimators: int = 200,
+        n_estimators: int = 150,
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_data_in_leaf: int = 100,
-        calib_days: int = 60,
-        refit_after_calibration: bool = True,
+        calib_days: int = 30,
+        refit_after_calibration: bool = False,
         min_history_days: int = 21,
         train_days: int | None = 730,
-        max_train_rows: int = 60_000,
-        num_threads: int = 2,
+        max_train_rows: int = 30_000,
+        num_threads: int = 1,
         seed: int = 0,
     ) -> None:
         self.name = "pv_physics_lgbm"
