@@ -1,9 +1,8 @@
 import asyncio
 
-from vpp_common.app import ServiceApp
-
 from aggregation.service import build
 from aggregation.settings import AggregationSettings
+from vpp_common.app import ServiceApp
 
 
 def main() -> None:

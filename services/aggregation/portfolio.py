@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vpp.v1 import flexibility_pb2
+
 from vpp_common.flexibility import BatteryState, battery_flexibility
 
 

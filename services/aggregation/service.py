@@ -10,14 +10,14 @@ import grpc
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, flexibility_pb2
+
+from aggregation.portfolio import portfolio_flexibility
+from aggregation.settings import AggregationSettings
 from vpp_common.app import ServiceApp
 from vpp_common.grpc_server import validated
 from vpp_common.logs import get_logger
 from vpp_common.sites import SiteTable
 from vpp_common.topics import FLEXIBILITY, TELEMETRY
-
-from aggregation.portfolio import portfolio_flexibility
-from aggregation.settings import AggregationSettings
 
 log = get_logger(__name__)
 

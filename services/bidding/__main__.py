@@ -1,9 +1,8 @@
 import asyncio
 
-from vpp_common.app import ServiceApp
-
 from bidding.service import build
 from bidding.settings import BiddingSettings
+from vpp_common.app import ServiceApp
 
 
 def main() -> None:

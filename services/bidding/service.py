@@ -10,13 +10,13 @@ import grpc
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from vpp.v1 import bidding_pb2, bidding_pb2_grpc, envelope_pb2, flexibility_pb2
+
+from bidding.bids import BidPolicy, build_bids
+from bidding.settings import BiddingSettings
 from vpp_common.app import ServiceApp
 from vpp_common.grpc_server import validated
 from vpp_common.kafka import EventProducer
 from vpp_common.topics import AWARDS, BIDS, FLEXIBILITY
-
-from bidding.bids import BidPolicy, build_bids
-from bidding.settings import BiddingSettings
 
 BIDS_OUT = Counter("vpp_bidding_bids_total", "Bids published", ["direction"])
 AWARDS_IN = Counter("vpp_bidding_awards_total", "Awards received", ["outcome"])

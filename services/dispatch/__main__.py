@@ -1,9 +1,8 @@
 import asyncio
 
-from vpp_common.app import ServiceApp
-
 from dispatch.service import build
 from dispatch.settings import DispatchSettings
+from vpp_common.app import ServiceApp
 
 
 def main() -> None:

@@ -12,15 +12,15 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 from vpp.v1 import dispatch_api_pb2, dispatch_api_pb2_grpc, dispatch_pb2, envelope_pb2
+
+from dispatch.settings import DispatchSettings
+from dispatch.tracker import ActivationTracker, StepRecord, TrackerConfig
 from vpp_common.app import ServiceApp
 from vpp_common.grpc_server import validated
 from vpp_common.kafka import EventProducer
 from vpp_common.logs import get_logger
 from vpp_common.sites import SiteTable
 from vpp_common.topics import ACKS, ACTIVATIONS, COMMANDS, TELEMETRY, TRACKING
-
-from dispatch.settings import DispatchSettings
-from dispatch.tracker import ActivationTracker, StepRecord, TrackerConfig
 
 log = get_logger(__name__)
 

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from vpp.v1 import dispatch_pb2
+
 from vpp_common.flexibility import BatteryState, allocate_proportional, battery_flexibility
 
 

@@ -2,12 +2,11 @@
 
 import asyncio
 
-from vpp_common.app import ServiceApp
-
 from forecasting.service import build
 from forecasting.settings import ForecastingSettings
 from forecasting.sites import SitesFileError, load_sites
 from forecasting.store import StoreUnavailable
+from vpp_common.app import ServiceApp
 
 
 def main() -> None:

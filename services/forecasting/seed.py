@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
-from vpp_common.logs import configure_logging, get_logger
 
 from forecasting.sites import SiteConfig, SitesFileError, load_sites
 from forecasting.store import SLOT, HistoryStore, StoreUnavailable, normalise_store_url
+from vpp_common.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
 

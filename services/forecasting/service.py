@@ -39,16 +39,16 @@ import numpy as np
 import pandas as pd
 from google.protobuf.timestamp_pb2 import Timestamp
 from vpp.v1 import common_pb2, envelope_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
-from vpp_common.app import ServiceApp
-from vpp_common.kafka import EventConsumer, EventProducer
-from vpp_common.logs import get_logger
-from vpp_common.topics import FORECASTS, TELEMETRY
 
 from forecasting import metrics as m
 from forecasting.combine import GRID_QUANTILES, Marginal, combine, correlation_matrix
 from forecasting.settings import ForecastingSettings
 from forecasting.sites import SiteConfig, load_sites
 from forecasting.store import SLOT, HistoryStore, Measurement
+from vpp_common.app import ServiceApp
+from vpp_common.kafka import EventConsumer, EventProducer
+from vpp_common.logs import get_logger
+from vpp_common.topics import FORECASTS, TELEMETRY
 
 log = get_logger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Annotated
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
-from vpp_common.grpc_server import validated
-from vpp_common.logs import get_logger
 
 from forecasting.service import DEFAULT_QUANTILES, MAX_HORIZON_MIN, ForecastingCore, NoHistory
+from vpp_common.grpc_server import validated
+from vpp_common.logs import get_logger
 
 log = get_logger(__name__)
 

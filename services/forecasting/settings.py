@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
-from vpp_common.settings import ServiceSettings
 
 from forecasting.store import normalise_store_url
+from vpp_common.settings import ServiceSettings
 
 DEFAULT_SITES_FILE = Path(__file__).with_name("sites.example.json")
 

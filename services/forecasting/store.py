@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
+
 from vpp_common.logs import get_logger
 
 log = get_logger(__name__)

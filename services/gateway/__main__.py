@@ -1,9 +1,8 @@
 import asyncio
 
-from vpp_common.app import ServiceApp
-
 from gateway.service import build
 from gateway.settings import GatewaySettings
+from vpp_common.app import ServiceApp
 
 
 def main() -> None:

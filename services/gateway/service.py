@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from vpp_common.app import ServiceApp
-from vpp_common.topics import COMMANDS
-
 from gateway.servicer import SERVICE_NAME, EdgeGatewayServicer, add_to_server
 from gateway.sessions import SessionRegistry
 from gateway.settings import GatewaySettings
+from vpp_common.app import ServiceApp
+from vpp_common.topics import COMMANDS
 
 
 def build(app: ServiceApp, settings: GatewaySettings) -> EdgeGatewayServicer:

@@ -12,14 +12,14 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 from vpp.v1 import dispatch_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
+
+from gateway.auth import check_site
+from gateway.sessions import SessionRegistry, SiteLedger, SiteSession
 from vpp_common import metrics
 from vpp_common.envelope import now_timestamp
 from vpp_common.kafka import EventProducer
 from vpp_common.logs import get_logger
 from vpp_common.topics import ACKS, TELEMETRY
-
-from gateway.auth import check_site
-from gateway.sessions import SessionRegistry, SiteLedger, SiteSession
 
 log = get_logger(__name__)
 

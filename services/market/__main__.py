@@ -1,9 +1,8 @@
 import asyncio
 
-from vpp_common.app import ServiceApp
-
 from market.service import build
 from market.settings import MarketSettings
+from vpp_common.app import ServiceApp
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import grpc
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field, field_validator
 from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, market_api_pb2, market_api_pb2_grpc, market_pb2
+
+from market.settings import MarketSettings
 from vpp_common.app import ServiceApp
 from vpp_common.grpc_server import validated
 from vpp_common.kafka import EventProducer
 from vpp_common.logs import get_logger
 from vpp_common.topics import ACTIVATIONS, AWARDS, BIDS
-
-from market.settings import MarketSettings
 
 log = get_logger(__name__)
 

@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, market_api_pb2, market_api_pb2_grpc
+
 from vpp_common.kafka import ensure_topics
 from vpp_common.topics import ACKS, ACTIVATIONS, COMMANDS, Topic
-
 from vpp_demo.stack import Stack
 from vpp_demo.telemetry_tap import TelemetryTap
 

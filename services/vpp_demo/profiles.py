@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
 from forecasting.data.pvdaq import load_pvdaq_system50
 from forecasting.data.uci import load_uci_household
-
 from vpp_demo.sites import SiteSpec
 
 # A partly cloudy Friday in Golden, Colorado, from 11:00 local (MDT); the load from a Friday too.

@@ -18,11 +18,11 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
-from gateway.auth import site_token
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.auth import site_token
 from vpp_common.broker import EmbeddedBroker
 from vpp_common.netutil import free_port, wait_for_port
-
 from vpp_demo.profiles import write_profiles
 from vpp_demo.sites import DEMO_SITES, SiteSpec
 

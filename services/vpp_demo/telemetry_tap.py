@@ -9,6 +9,7 @@ from collections import defaultdict
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from vpp.v1 import envelope_pb2
+
 from vpp_common.topics import TELEMETRY
 
 

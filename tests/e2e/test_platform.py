@@ -15,7 +15,6 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from kafka_helpers import producer, read_all
 from prometheus_client.parser import text_string_to_metric_families
 from vpp.v1 import (
     dispatch_api_pb2,
@@ -25,6 +24,8 @@ from vpp.v1 import (
     market_api_pb2,
     market_api_pb2_grpc,
 )
+
+from kafka_helpers import producer, read_all
 from vpp_common.envelope import wrap
 from vpp_common.topics import ACKS, COMMANDS, TELEMETRY
 from vpp_demo.stack import Stack

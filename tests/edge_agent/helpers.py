@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from vpp.v1 import dispatch_pb2
+
 from vpp_edge.devices import DeviceError, DeviceSnapshot, WriteResult
 
 T = TypeVar("T")

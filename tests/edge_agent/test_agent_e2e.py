@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 from vpp.v1 import dispatch_pb2, gateway_pb2
-from vpp_devsim import BatteryParams, DeviceSimulator, SimulatorConfig
-from vpp_edge.agent import EdgeAgent
-from vpp_edge.settings import EdgeSettings
 
 from edge_agent.gateway_fake import FakeGateway, gateway_server, until
 from edge_agent.helpers import command, run
+from vpp_devsim import BatteryParams, DeviceSimulator, SimulatorConfig
+from vpp_edge.agent import EdgeAgent
+from vpp_edge.settings import EdgeSettings
 
 
 @pytest.mark.timeout(30)

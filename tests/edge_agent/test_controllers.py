@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import pytest
 from vpp.v1 import dispatch_pb2, telemetry_pb2
+
+from edge_agent.helpers import T0, FakeDevice, FrozenClock, command, run, snapshot
 from vpp_edge.controllers import (
     CycleContext,
     DispatchController,
@@ -16,8 +18,6 @@ from vpp_edge.controllers import (
 from vpp_edge.coordinator import Coordinator
 from vpp_edge.metrics import EdgeMetrics
 from vpp_edge.power import Constraint
-
-from edge_agent.helpers import T0, FakeDevice, FrozenClock, command, run, snapshot
 
 
 class BrokenController:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sunspec2
+
 from vpp_devsim.physics import BatteryParams, SitePhysics
 from vpp_devsim.profile import Profile, ProfilePoint
 from vpp_devsim.registers import END_MODEL_ID, SUNS_MARKER, RegisterImage, model_layout

@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from vpp.v1 import dispatch_pb2, telemetry_pb2
+
+from edge_agent.helpers import command, run
 from vpp_devsim import BatteryParams, DeviceSimulator, SimulatorConfig
 from vpp_edge.bridge import ModbusBridge, ModbusError
 from vpp_edge.controllers import DispatchController, SafetyController, SelfConsumptionController
 from vpp_edge.coordinator import Coordinator, SetupError
 from vpp_edge.devices import DeviceError, HybridInverter
 from vpp_edge.metrics import EdgeMetrics
-
-from edge_agent.helpers import command, run
 
 BATTERY = BatteryParams(capacity_kwh=10.0, max_charge_kw=5.0, max_discharge_kw=5.0, tau_s=0.3)
 

@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vpp_edge.power import Constraint, DeviceLimits, Relation, envelope, solve
 
 LIMITS = DeviceLimits(max_charge_kw=5.0, max_discharge_kw=4.0, soc_pct=50.0, soc_min_pct=10.0, soc_max_pct=90.0)

@@ -11,6 +11,7 @@ import venv
 from pathlib import Path
 
 import pytest
+
 from vpp_common.netutil import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]

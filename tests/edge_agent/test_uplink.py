@@ -10,11 +10,11 @@ from datetime import datetime
 
 import pytest
 from vpp.v1 import dispatch_pb2, gateway_pb2, telemetry_pb2
-from vpp_edge.metrics import EdgeMetrics
-from vpp_edge.uplink import Uplink
 
 from edge_agent.gateway_fake import FakeGateway, gateway_server, until
 from edge_agent.helpers import command, run
+from vpp_edge.metrics import EdgeMetrics
+from vpp_edge.uplink import Uplink
 
 
 def telemetry(n: int) -> telemetry_pb2.Telemetry:

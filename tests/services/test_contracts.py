@@ -13,7 +13,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from kafka_helpers import producer, read_all
 from prometheus_client.parser import text_string_to_metric_families
 from vpp.v1 import (
     aggregation_pb2,
@@ -27,6 +26,8 @@ from vpp.v1 import (
     market_pb2,
     telemetry_pb2,
 )
+
+from kafka_helpers import producer, read_all
 from vpp_common.envelope import wrap
 from vpp_common.topics import DEAD_LETTER, TELEMETRY
 from vpp_demo.stack import Stack

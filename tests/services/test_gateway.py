@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
+from vpp.v1 import dispatch_pb2, envelope_pb2, gateway_pb2, telemetry_pb2
+
 from gateway.auth import site_token
 from kafka_helpers import producer, read_all
-from vpp.v1 import dispatch_pb2, envelope_pb2, gateway_pb2, telemetry_pb2
 from vpp_common.envelope import wrap
 from vpp_common.topics import COMMANDS, TELEMETRY
 from vpp_demo.stack import DEMO_SECRET, Stack

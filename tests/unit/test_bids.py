@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from bidding.bids import BidPolicy, bid_size_kw, build_bids
 from hypothesis import given
 from hypothesis import strategies as st
 from vpp.v1 import common_pb2, flexibility_pb2
+
+from bidding.bids import BidPolicy, bid_size_kw, build_bids
 
 POLICY = BidPolicy(safety_margin=0.2, min_bid_kw=1.0, increment_kw=0.5)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from dispatch.tracker import ActivationTracker, TrackerConfig
 from vpp.v1 import dispatch_pb2
+
+from dispatch.tracker import ActivationTracker, TrackerConfig
 from vpp_common.flexibility import BatteryState
 
 

@@ -1,0 +1,287 @@
+"""The agent's one bidirectional gRPC stream to the gateway (vpp.v1.EdgeGateway/Connect).
+
+Delivery contract (gateway.proto): every telemetry/ack gets a seq (per agent epoch, from 1) and
+stays in the outbox until the gateway's ack_seq covers it; after a reconnect the unacked rest is
+sent again. Incoming gateway messages are processed once: a seq already processed in the
+session, or a command_id already seen, is dropped. Our ack_seq rides on every message and on
+heartbeats. The outbox is bounded: when full the oldest telemetry goes, acks never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from vpp.v1 import dispatch_pb2, gateway_pb2, gateway_pb2_grpc, telemetry_pb2
+
+from vpp_edge import __version__
+from vpp_edge.logfmt import kv
+from vpp_edge.metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[dispatch_pb2.DispatchCommand, datetime], Awaitable[Any]]
+SEEN_COMMANDS_MAX = 4096
+WELCOME_WAIT_S = 5.0
+
+
+class Uplink:
+    """Owns the gateway stream, the outbox and the reconnect loop."""
+
+    def __init__(
+        self,
+        site_id: str,
+        site_token: str,
+        target: str,
+        metrics: EdgeMetrics,
+        command_handler: CommandHandler,
+        *,
+        outbox_max: int = 2000,
+        heartbeat_interval_s: float = 5.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self.site_id = site_id
+        self.site_token = site_token
+        self.target = target
+        self.metrics = metrics
+        self.command_handler = command_handler
+        self.outbox_max = outbox_max
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.agent_epoch = uuid.uuid4().hex
+        self.outbox: OrderedDict[int, gateway_pb2.AgentMessage] = OrderedDict()
+        self.dropped = 0
+        self.last_gateway_seq = 0
+        self._next_seq = 1
+        self._session_gateway_seq = 0
+        self._seen_ids: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._welcomed = asyncio.Event()
+        self._ack_dirty = False
+        self._stopping = False
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # ------------------------------------------------------------------ outbox
+
+    def send_telemetry(self, telemetry: telemetry_pb2.Telemetry) -> int:
+        """Queue telemetry for delivery; returns its seq."""
+        return self._enqueue(gateway_pb2.AgentMessage(site_id=self.site_id, telemetry=telemetry))
+
+    def send_ack(self, ack: dispatch_pb2.CommandAck) -> int:
+        """Queue a command ack for delivery (never dropped); returns its seq."""
+        return self._enqueue(gateway_pb2.AgentMessage(site_id=self.site_id, ack=ack))
+
+    def _enqueue(self, message: gateway_pb2.AgentMessage) -> int:
+        if len(self.outbox) >= self.outbox_max and not self._drop_oldest_telemetry():
+            log.warning("outbox full of acks, growing past its bound", extra=kv(size=len(self.outbox)))
+        message.seq = self._next_seq
+        self._next_seq += 1
+        self.outbox[message.seq] = message
+        self.metrics.uplink_outbox_size.set(len(self.outbox))
+        self._wake.set()
+        return message.seq
+
+    def _drop_oldest_telemetry(self) -> bool:
+        for seq, msg in self.outbox.items():
+            if msg.WhichOneof("body") == "telemetry":
+                del self.outbox[seq]
+                self.dropped += 1
+                self.metrics.uplink_outbox_dropped.inc()
+                return True
+        return False
+
+    def _release(self, upto_seq: int) -> None:
+        """Forget every message the gateway has durably taken (seq <= upto_seq)."""
+        while self.outbox:
+            seq = next(iter(self.outbox))
+            if seq > upto_seq:
+                break
+            del self.outbox[seq]
+        self.metrics.uplink_outbox_size.set(len(self.outbox))
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def run(self) -> None:
+        """Keep one stream up; reconnect with jittered exponential backoff."""
+        attempt = 0
+        first_failure = True
+        while not self._stopping:
+            welcomed = False
+            try:
+                welcomed = await self._session()
+                reason = "stream closed by gateway"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # anything else still must not end the reconnect loop
+                log.exception("gateway session failed unexpectedly")
+                reason = repr(exc)
+            self._set_connected(False)
+            if self._stopping:
+                break
+            if welcomed:
+                attempt = 0
+                first_failure = True
+            if first_failure:
+                log.warning("gateway stream down, reconnecting", extra=kv(target=self.target, reason=reason))
+                first_failure = False
+            else:
+                log.debug("gateway reconnect failed", extra=kv(target=self.target, reason=reason, attempt=attempt))
+            delay_s = min(self.reconnect_max_s, self.reconnect_min_s * (2**attempt)) * random.uniform(0.5, 1.0)
+            attempt = min(attempt + 1, 30)
+            self.metrics.uplink_reconnects.inc()
+            await asyncio.sleep(delay_s)
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self._connected:
+            self._connected = up
+            self.metrics.uplink_connected.set(1 if up else 0)
+
+    async def _session(self) -> bool:
+        """One stream: hello, then send and receive until it breaks. Returns True if welcomed."""
+        metadata = (("x-site-id", self.site_id), ("x-site-token", self.site_token))
+        self._session_gateway_seq = 0
+        self._welcomed.clear()
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = gateway_pb2_grpc.EdgeGatewayStub(channel)
+            call = stub.Connect(metadata=metadata)
+            hello = gateway_pb2.AgentMessage(
+                seq=0,
+                ack_seq=0,
+                site_id=self.site_id,
+                hello=gateway_pb2.Hello(
+                    site_id=self.site_id,
+                    agent_version=__version__,
+                    agent_epoch=self.agent_epoch,
+                    last_gateway_seq=self.last_gateway_seq,
+                ),
+            )
+            sender: asyncio.Task[None] | None = None
+            try:
+                await call.write(hello)
+                self.metrics.uplink_sent.labels(kind="hello").inc()
+                sender = asyncio.create_task(self._send_loop(call), name="uplink-send")
+                while True:
+                    reader = asyncio.ensure_future(call.read())
+                    await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+                    if not reader.done():
+                        # The send side broke first: surface its error, the session is over.
+                        reader.cancel()
+                        sender.result()
+                        break
+                    message = reader.result()
+                    if message is grpc.aio.EOF:
+                        break
+                    await self._on_message(message)
+            finally:
+                if sender is not None:
+                    sender.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await sender
+                call.cancel()
+        return self._welcomed.is_set()
+
+    async def _send_loop(self, call: grpc.aio.StreamStreamCall) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._welcomed.wait(), timeout=WELCOME_WAIT_S)
+        sent_upto = 0
+        while True:
+            self._wake.clear()
+            for seq in [s for s in self.outbox if s > sent_upto]:
+                message = self.outbox.get(seq)
+                if message is None:
+                    continue
+                message.ack_seq = self._session_gateway_seq
+                await call.write(message)
+                sent_upto = seq
+                self._ack_dirty = False
+                self.metrics.uplink_sent.labels(kind=message.WhichOneof("body") or "unknown").inc()
+            if self._ack_dirty:
+                await self._heartbeat(call)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.heartbeat_interval_s)
+            except TimeoutError:
+                await self._heartbeat(call)
+
+    async def _heartbeat(self, call: grpc.aio.StreamStreamCall) -> None:
+        now = Timestamp()
+        now.FromDatetime(datetime.now(UTC))
+        await call.write(
+            gateway_pb2.AgentMessage(
+                seq=0,
+                ack_seq=self._session_gateway_seq,
+                site_id=self.site_id,
+                heartbeat=gateway_pb2.Heartbeat(sent_at=now),
+            )
+        )
+        self._ack_dirty = False
+        self.metrics.uplink_sent.labels(kind="heartbeat").inc()
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _on_message(self, message: gateway_pb2.GatewayMessage) -> None:
+        kind = message.WhichOneof("body") or "none"
+        self.metrics.uplink_received.labels(kind=kind).inc()
+        self._set_connected(True)
+        if message.ack_seq:
+            self._release(message.ack_seq)
+        if message.seq and message.seq <= self._session_gateway_seq:
+            log.debug("duplicate gateway message dropped", extra=kv(seq=message.seq))
+            self._ack_dirty = True
+            self._wake.set()
+            return
+        if kind == "welcome":
+            welcome = message.welcome
+            self._release(welcome.last_agent_seq)
+            log.info(
+                "gateway welcomed us",
+                extra=kv(gateway_id=welcome.gateway_id, last_agent_seq=welcome.last_agent_seq, outbox=len(self.outbox)),
+            )
+            self._welcomed.set()
+        elif kind == "refusal":
+            refusal = message.refusal
+            self.metrics.uplink_refusals.inc()
+            self.outbox.pop(refusal.refused_seq, None)
+            self.metrics.uplink_outbox_size.set(len(self.outbox))
+            log.warning("gateway refused a message", extra=kv(refused_seq=refusal.refused_seq, reason=refusal.reason))
+        elif kind == "command":
+            await self._on_command(message.command)
+        if message.seq:
+            self._session_gateway_seq = message.seq
+            self.last_gateway_seq = message.seq
+            self._ack_dirty = True
+            self._wake.set()
+
+    async def _on_command(self, command: dispatch_pb2.DispatchCommand) -> None:
+        received_at = datetime.now(UTC)
+        if command.command_id in self._seen_ids:
+            self.metrics.commands_duplicate.inc()
+            log.info("duplicate command dropped", extra=kv(command_id=command.command_id))
+            return
+        self._seen_ids.add(command.command_id)
+        self._seen_order.append(command.command_id)
+        if len(self._seen_order) > SEEN_COMMANDS_MAX:
+            self._seen_ids.discard(self._seen_order.popleft())
+        try:
+            await self.command_handler(command, received_at)
+        except Exception:  # one bad command must not take the stream down
+            log.exception("command handler failed", extra=kv(command_id=command.command_id))
+
+    def stop(self) -> None:
+        """Make run() exit at its next step; cancel its task to close the stream now."""
+        self._stopping = True
