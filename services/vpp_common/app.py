@@ -1,5 +1,6 @@
 """Service lifecycle: start metrics, Kafka and gRPC; on SIGTERM/SIGINT stop in order
-(Kafka consumers, background tasks, gRPC with a grace period, producer flush, metrics)."""
+(health NOT_SERVING, Kafka consumers, background tasks, gRPC with a grace period, producer flush,
+metrics)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class ServiceApp:
     async def stop(self) -> None:
         log.info("service_stopping", service=self.settings.service_name)
         metrics.SERVICE_UP.labels(self.settings.service_name).set(0)
+        await self.grpc.not_serving()
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(None, c.stop) for c in self._consumers))
         for task in self._tasks:

@@ -111,11 +111,16 @@ class GrpcServer:
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def not_serving(self) -> None:
+        """Tell health checkers first, so balancers stop routing here before anything stops."""
+        if self.health is not None:
+            for name in ["", *self.service_names]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace_s: float) -> None:
-        if self.server is None or self.health is None:
+        if self.server is None:
             return
-        for name in ["", *self.service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.not_serving()
         await self.server.stop(grace_s)
 
 
