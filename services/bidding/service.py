@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import grpc
@@ -38,7 +39,7 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
         self._lock = threading.Lock()
         self._flex: flexibility_pb2.PortfolioFlexibility | None = None
         self._flex_at_s = 0.0
-        self.awards: list[Any] = []
+        self.awards: deque[Any] = deque(maxlen=1000)  # the latest awards, for ListAwards
 
     def on_flexibility(self, env: envelope_pb2.Envelope, record: Any) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import grpc
@@ -53,7 +54,8 @@ class Dispatcher(dispatch_api_pb2_grpc.DispatchServiceServicer):
         self._producer = producer
         self._lock = threading.Lock()
         self.table = SiteTable(settings.stale_after_s)
-        self.runs: dict[str, ActivationTracker] = {}
+        self.runs: OrderedDict[str, ActivationTracker] = OrderedDict()  # newest last, bounded
+        self._run_of_command: dict[str, str] = {}
         self._current: ActivationTracker | None = None
         self._last_step_s = 0.0
         self._config = TrackerConfig(
@@ -73,18 +75,12 @@ class Dispatcher(dispatch_api_pb2_grpc.DispatchServiceServicer):
         status = dispatch_pb2.AckStatus.Name(ack.status)
         ACKS_IN.labels(status).inc()
         with self._lock:
-            run = self.runs.get(self._activation_of(ack.command_id))
+            run = self.runs.get(self._run_of_command.get(ack.command_id, ""))
             latency_ms = run.on_ack(ack) if run else None
         if latency_ms is not None:
             LATENCY.observe(latency_ms / 1000)
         if ack.status == dispatch_pb2.ACK_STATUS_CLAMPED:
             log.info("setpoint_clamped", site_id=ack.site_id, requested_kw=ack.requested_kw, reason=ack.reason)
-
-    def _activation_of(self, command_id: str) -> str:
-        for activation_id, run in self.runs.items():
-            if command_id in run.commands:
-                return activation_id
-        return ""
 
     def on_activation(self, env: envelope_pb2.Envelope, record: Any) -> None:
         act = env.activation
@@ -102,6 +98,10 @@ class Dispatcher(dispatch_api_pb2_grpc.DispatchServiceServicer):
                 states = [self.table.battery_state(r, now_s) for r in self.table.readings().values()]
                 run = ActivationTracker(act.activation_id, states, self._config)
                 self.runs[act.activation_id] = run
+                while len(self.runs) > self._settings.keep_activations:
+                    _, old = self.runs.popitem(last=False)
+                    for command_id in old.commands:
+                        self._run_of_command.pop(command_id, None)
                 self._current = run
                 log.info("activation_started", activation_id=act.activation_id, sites=len(run.sites))
             elif act.step in run.steps:
@@ -109,6 +109,7 @@ class Dispatcher(dispatch_api_pb2_grpc.DispatchServiceServicer):
             else:
                 self._close_step(run)
             commands = run.plan_step(act.step, act.setpoint_kw, issued_at_s)
+            self._run_of_command.update((c.command_id, run.activation_id) for c in commands)
             self._last_step_s = time.monotonic()
             record_ = run.steps[act.step]
         REQUESTED.set(act.setpoint_kw)

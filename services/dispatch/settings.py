@@ -15,4 +15,5 @@ class DispatchSettings(ServiceSettings):
     shortfall_strikes: int = Field(default=2, ge=1, le=100)
     efficiency: float = Field(default=0.95, gt=0, le=1)
     headroom_interval_minutes: int = Field(default=15, ge=1, le=240)
+    keep_activations: int = Field(default=200, ge=1, le=100_000)  # tracking kept for GetActivationTracking
     finalize_after_s: float = Field(default=6.0, gt=0, le=600)  # no new step for this long ends a run

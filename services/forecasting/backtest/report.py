@@ -142,7 +142,7 @@ def plot_weeks(res: TaskResult, out_dir: Path) -> list[str]:
     else:
         windows = [(days[k], days[k + 6]) for k in range(len(days) - 6)]
         scores = [float(daily.loc[a:b].mean()) for a, b in windows]
-    files = []
+    files: list[str] = []
     if not windows:
         return files
     picks = {"good": int(np.argmin(scores)), "bad": int(np.argmax(scores))}

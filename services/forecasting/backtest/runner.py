@@ -203,7 +203,7 @@ class ModelConfig:
     seed: int = 0
     train_days: int = 730
     load_calib_days: int = 42
-    pv_calib_days: int = 30
+    pv_calib_days: int = 60
     load_max_rows: int = 60_000
     pv_max_rows: int = 30_000
 

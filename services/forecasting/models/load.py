@@ -296,7 +296,7 @@ class LoadForecaster:
                                      self.n_estimators)
 
     def _raw_predict(self, models: dict[float, lgb.Booster], X: np.ndarray) -> np.ndarray:
-        return np.column_stack([models[q].predict(X) for q in self.quantile_grid])
+        return np.column_stack([models[q].predict(X, num_threads=1) for q in self.quantile_grid])
 
     def fit(self, history: pd.Series) -> None:
         """Train (or switch to the fallback when history is short) and remember history."""

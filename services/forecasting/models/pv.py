@@ -3,16 +3,22 @@
 Model: ``P_q(t) = P_clear(t) * k_q(t)`` where ``P_clear`` is the PVWatts AC
 power of the array under an Ineichen clear sky (see
 :mod:`forecasting.models.physics`) and ``k_q`` is a quantile of the clear-sky
-index ``k = P_measured / P_clear``.  ``k_q`` is learned from the site's own
-measurements by LightGBM quantile regression (training weighted by
-``P_clear``, so the loss equals the pinball loss in kW), with features that are
-all available at the issue time: solar geometry, season, lead, the measured
-index over the last slot/hour/3 h/24 h/48 h/7 days, and a 30-day per-slot
-index climatology.  Two models: *intraday* (leads < 6 h, trained on hourly
-issues) and *day-ahead* (leads 6-36 h, trained on issues at
-``dayahead_issue_hours`` local time).  The last ``calib_days`` of history are
-held out for per-quantile conformal shifts of ``k`` (then the models are refit
-on everything), so the P10-P90 band is calibrated out of sample.
+index ``k = P_measured / P_clear``, learned from the site's own measurements:
+
+* *day-ahead* (leads >= 6 h, no weather): the empirical distribution of ``k``
+  at the same time of day (+-1 h) over the last ``empirical_days`` days that
+  are measured before the issue time.  It conditions on season, hour and the
+  current weather regime, and in backtests beat a LightGBM model on these
+  features (without a weather forecast there is little else to learn).
+* *intraday* (leads < 6 h): LightGBM quantile regression (training weighted by
+  ``P_clear``, so the loss equals the pinball loss in kW) on solar geometry,
+  season, lead, the measured index over the last slot/hour/3 h/24 h/48 h/7
+  days, its recent volatility, and the empirical day-ahead quantiles above --
+  so it learns how fast the latest index should relax to climatology.  The
+  last ``calib_days`` of history are held out for per-quantile conformal
+  shifts of ``k`` (optionally the models are then refit on everything), so
+  the P10-P90 band is calibrated out of sample.  Training rows are subsampled
+  to ``max_train_rows`` because quantile boosting cost grows with rows.
 
 Weather (optional, a forecast feed -- see :mod:`forecasting.models.physics`
 for columns): when ``fit`` receives weather, extra models use the
@@ -92,6 +98,9 @@ FEATURES = [
     "k_clim_30d",
     "clear_share_30d",
     "k_std_3h",
+    "k_emp_q10",
+    "k_emp_q50",
+    "k_emp_q90",
 ]
 WEATHER_FEATURES = ["k_nwp", "temp_air_c"]
 
@@ -187,6 +196,28 @@ class _PvGrid:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, window_sum(self.cp, lo, hi) / den, np.nan)
 
+    def k_empirical(
+        self, i: np.ndarray, j: np.ndarray, qs: Sequence[float], days: int = 30,
+        half_width: int = 4,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Empirical clear-sky-index quantiles for targets ``j`` from the last ``days``
+        days at the same time of day +- ``half_width`` slots (measured before ``i``).
+
+        Returns (quantiles of shape (len(j), len(qs)), sample counts).
+        """
+        samples = np.stack(
+            [
+                masked_take(self.k, j - d * SLOTS_PER_DAY + o, i)
+                for d in range(1, days + 1)
+                for o in range(-half_width, half_width + 1)
+            ]
+        )
+        count = np.isfinite(samples).sum(axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            q = np.nanquantile(samples, list(qs), axis=0).T
+        return q, count
+
     def k_std(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         n = window_sum(self.cn, lo, hi)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -231,6 +262,7 @@ def pv_features(
         _nanmean_rows(clim),
         clear_share,
         g.k_std(i_c - 12, i_c),
+        *g.k_empirical(i, j, (0.1, 0.5, 0.9))[0].T,
     ]
     if weather_cols is not None:
         cols += [weather_cols["k_nwp"], weather_cols["temp_air_c"]]
@@ -253,15 +285,19 @@ class PvForecaster:
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_data_in_leaf: int = 100,
-        calib_days: int = 30,
+        calib_days: int = 60,
         refit_after_calibration: bool = False,
         min_history_days: int = 21,
         train_days: int | None = 730,
         max_train_rows: int = 30_000,
+        empirical_days: int = 30,
+        min_empirical_samples: int = 60,
         num_threads: int = 1,
         seed: int = 0,
     ) -> None:
         self.name = "pv_physics_lgbm"
+        self.empirical_days = empirical_days
+        self.min_empirical_samples = min_empirical_samples
         self.max_train_rows = max_train_rows
         self.seed = seed
         self.site = site
@@ -338,7 +374,7 @@ class PvForecaster:
                 ic, jc = i_all[calib], j_all[calib]
                 X = design(ic, jc)
                 for q in self.quantile_grid:
-                    pred = np.clip(models[q].predict(X), 0, K_MAX)
+                    pred = np.clip(models[q].predict(X, num_threads=1), 0, K_MAX)
                     shifts[q] = empirical_shift(g.k[jc] - pred, q, g.phys["ac_clear_kw"][jc])
                 if self.refit_after_calibration:
                     models = {}
@@ -356,9 +392,9 @@ class PvForecaster:
         if g is None or np.isfinite(g.k).sum() < self.min_history_days * 30:
             return
         lo = 0 if self.train_days is None else max(0, g.n - self.train_days * SLOTS_PER_DAY)
-        for horizon in ("intraday", "dayahead"):
-            self._train_one(g, horizon, False, lo, g.n)
-            if weather is not None:
+        self._train_one(g, "intraday", False, lo, g.n)
+        if weather is not None:
+            for horizon in ("intraday", "dayahead"):
                 self._train_one(g, horizon, True, lo, g.n)
 
     def update(self, history: pd.Series, weather: pd.DataFrame | None = None) -> None:
@@ -391,12 +427,18 @@ class PvForecaster:
             with_weather = wcols is not None and (horizon, True) in self._models
             key = (horizon, with_weather)
             if key not in self._models:
+                emp, count = g.k_empirical(np.full(rows.sum(), i), j[rows], grid,
+                                           self.empirical_days)
+                enough = count >= self.min_empirical_samples
+                sub_out = out[rows]
+                sub_out[enough] = emp[enough]
+                out[rows] = sub_out
                 continue
             sub = {k: v[rows] for k, v in wcols.items()} if with_weather and wcols else None
             X = pv_features(g, np.full(rows.sum(), i), j[rows], sub)
             shifts = self.shifts_k[key]
             out[rows] = np.column_stack(
-                [self._models[key][q].predict(X) + shifts[q] for q in grid]
+                [np.asarray(self._models[key][q].predict(X, num_threads=1)) + shifts[q] for q in grid]
             )
         return out
 
