@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vpp_common.netutil import free_port, wait_for_port
+from vpp_common.process import die_with_parent
 
 
 def tansu_binary() -> Path:
@@ -59,6 +60,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         try:
             wait_for_port(self.host, self.port, timeout_s, "Tansu broker")

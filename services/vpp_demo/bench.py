@@ -21,6 +21,7 @@ from kafka.structs import TopicPartition
 from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, market_api_pb2, market_api_pb2_grpc
 
 from vpp_common.kafka import ensure_topics
+from vpp_common.process import exit_on_sigterm
 from vpp_common.topics import ACKS, ACTIVATIONS, COMMANDS, Topic
 from vpp_demo.stack import Stack
 from vpp_demo.telemetry_tap import TelemetryTap
@@ -157,6 +158,7 @@ def telemetry_latency(tap: TelemetryTap) -> list[float]:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     parser.add_argument("--samples", type=int, default=300)

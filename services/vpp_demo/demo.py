@@ -35,6 +35,7 @@ from vpp.v1 import (
     market_api_pb2_grpc,
 )
 
+from vpp_common.process import exit_on_sigterm
 from vpp_demo.plots import plot_forecasts, plot_tracking
 from vpp_demo.stack import Stack
 from vpp_demo.telemetry_tap import TelemetryTap
@@ -231,6 +232,7 @@ def _forecast_section(stack: Stack, out_dir: Path) -> Path | None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--up-s", type=int, default=60)

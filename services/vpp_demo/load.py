@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vpp_common.process import exit_on_sigterm
 from vpp_demo.stack import Stack
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--spawn-rate", type=float, default=5)

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.auth import site_token
 from vpp_common.broker import EmbeddedBroker
 from vpp_common.netutil import free_port, wait_for_port
+from vpp_common.process import die_with_parent
 from vpp_demo.profiles import write_profiles
 from vpp_demo.sites import DEMO_SITES, SiteSpec
 
@@ -196,7 +197,13 @@ class Stack:
         log_path = self.workdir / "logs" / f"{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
         popen = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.workdir
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=self.workdir,
+            preexec_fn=die_with_parent,
         )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
