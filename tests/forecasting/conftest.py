@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from forecasting.seed import real_series, site_frames
 from forecasting.settings import ForecastingSettings
 from forecasting.sites import SiteConfig, load_sites

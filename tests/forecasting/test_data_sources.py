@@ -17,7 +17,10 @@ COLS = ["Global_active_power", "Global_reactive_power", "Voltage", "Global_inten
         "Sub_metering_1", "Sub_metering_2", "Sub_metering_3"]
 
 
-def test_copied_minutes_are_found_and_slots_need_8_valid_minutes(tmp_path: Path) -> None:
+def test_copied_minutes_are_found_and_slots_need_8_valid_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VPP_FORECAST_CACHE", str(tmp_path / "cache"))
     idx = pd.date_range("2009-01-01", periods=3 * 1440, freq="1min")
     rng = np.random.default_rng(1)
     data = pd.DataFrame(rng.random((len(idx), 7)), index=idx, columns=COLS)

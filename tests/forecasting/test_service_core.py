@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from prometheus_client import REGISTRY
+from vpp.v1 import envelope_pb2, telemetry_pb2
+
 from conftest import SITE_A, SITE_B, seed_store, small_settings, write_sites
 from forecasting.service import LOAD, NET, PV, ForecastingCore, NoHistory
 from forecasting.sites import load_sites
 from forecasting.store import SLOT, HistoryStore
-from prometheus_client import REGISTRY
-from vpp.v1 import envelope_pb2, telemetry_pb2
 from vpp_common.envelope import wrap
 
 NOW = pd.Timestamp("2025-06-10 09:07", tz="UTC")

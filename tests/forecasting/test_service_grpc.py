@@ -16,12 +16,13 @@ from pathlib import Path
 import grpc
 import pandas as pd
 import pytest
+from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
+
 from conftest import SITE_A, SITE_B, seed_store, small_settings, write_sites
 from forecasting.service import LOAD, NET, PV, ForecastingCore
 from forecasting.servicer import SERVICE_NAME, ForecastingServicer
 from forecasting.sites import load_sites
 from forecasting.store import HistoryStore
-from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
 from vpp_common.grpc_server import GrpcServer
 
 HISTORY_DAYS = 35

@@ -14,13 +14,14 @@ from typing import Any
 import grpc
 import pandas as pd
 import pytest
+from prometheus_client import REGISTRY
+from vpp.v1 import common_pb2, envelope_pb2, forecasting_pb2, forecasting_pb2_grpc, telemetry_pb2
+
 from conftest import SITE_A, small_settings, write_sites
 from forecasting.service import LOAD, NET, PV, Built, build
 from forecasting.settings import ForecastingSettings
 from forecasting.store import SLOT
 from kafka_helpers import producer, read_all
-from prometheus_client import REGISTRY
-from vpp.v1 import common_pb2, envelope_pb2, forecasting_pb2, forecasting_pb2_grpc, telemetry_pb2
 from vpp_common.app import ServiceApp
 from vpp_common.broker import EmbeddedBroker
 from vpp_common.envelope import wrap

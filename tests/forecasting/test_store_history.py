@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+
 from forecasting.store import SLOT, HistoryStore, Measurement, StoreUnavailable, normalise_store_url, slot_start_s
 
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
