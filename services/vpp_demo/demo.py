@@ -14,9 +14,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from vpp.v1 import (
@@ -37,10 +35,8 @@ from vpp.v1 import (
 
 from vpp_common.process import exit_on_sigterm
 from vpp_demo.plots import plot_forecasts, plot_tracking
-from vpp_demo.stack import Stack
+from vpp_demo.stack import Stack, retry_warming
 from vpp_demo.telemetry_tap import TelemetryTap
-
-T = TypeVar("T")
 
 
 def say(msg: str = "") -> None:
@@ -71,7 +67,7 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         say(f"Gateway holds {len(connected.sites)} site streams.\n")
 
         bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
-        bids = _retry(
+        bids = retry_warming(
             lambda: bidding.BuildBids(
                 bidding_pb2.BuildBidsRequest(product="aFRR", capacity_price_eur_per_mw=12.0, publish=True), timeout=10
             )
@@ -180,19 +176,6 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
     return summary
 
 
-def _retry(call: Callable[[], T], timeout_s: float = 30.0) -> T:
-    """Retry while a service is still warming up (FAILED_PRECONDITION / UNAVAILABLE)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            warming = exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
-            if not warming or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-
-
 def _forecast_section(stack: Stack, out_dir: Path) -> Path | None:
     """Portfolio forecasts (trained while the activation ran) as a table and a PNG with the bands."""
     if "forecasting" not in stack.ports:
@@ -207,7 +190,7 @@ def _forecast_section(stack: Stack, out_dir: Path) -> Path | None:
     ):
         request = forecasting_pb2.GetForecastRequest(stream=stream, horizon_minutes=36 * 60, quantiles=[0.1, 0.5, 0.9])
         try:
-            fc = _retry(functools.partial(stub.GetForecast, request, timeout=120), timeout_s=120)
+            fc = retry_warming(functools.partial(stub.GetForecast, request, timeout=120), timeout_s=120)
         except grpc.RpcError as exc:
             say(f"  {name:<5} not available: {exc.code().name}: {exc.details()}")
             continue

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vpp.v1 import bidding_pb2, bidding_pb2_grpc, common_pb2, forecasting_pb2, forecasting_pb2_grpc
+
 from vpp_common.process import exit_on_sigterm
-from vpp_demo.stack import Stack
+from vpp_demo.stack import Stack, retry_warming
 
 
 def main() -> None:
@@ -36,8 +38,14 @@ def main() -> None:
                 "VPP_LOAD_SITE_IDS": ",".join(s.site_id for s in stack.sites),
             }
         )
+        print("warming up: bidding needs a flexibility record, forecasting its first models", file=sys.stderr)
+        bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
+        retry_warming(lambda: bidding.BuildBids(bidding_pb2.BuildBidsRequest(product="aFRR"), timeout=10), 60)
         if "forecasting" in stack.ports:
             env["VPP_LOAD_FORECASTING"] = stack.target("forecasting")
+            forecasting = forecasting_pb2_grpc.ForecastingServiceStub(stack.channel("forecasting"))
+            request = forecasting_pb2.GetForecastRequest(stream=common_pb2.FORECAST_STREAM_PV, horizon_minutes=1440)
+            retry_warming(lambda: forecasting.GetForecast(request, timeout=120), 180)
         print(f"running Locust: {args.users} users for {args.run_time} ...", file=sys.stderr, flush=True)
         result = subprocess.run(
             [

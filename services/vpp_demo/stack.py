@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -299,3 +300,19 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text[-lines:])
+
+
+T = TypeVar("T")
+
+
+def retry_warming(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Retry while a service is still warming up (FAILED_PRECONDITION / UNAVAILABLE / DEADLINE_EXCEEDED)."""
+    deadline = time.monotonic() + timeout_s
+    warming = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() not in warming or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
