@@ -157,7 +157,12 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         f"  steady-state mean error:       {summary['steady_mean_abs_error_kw']} kW "
         f"({summary['steady_mean_abs_error_pct_of_request']} % of the mean request; ramps excluded)"
     )
-    say(f"  worst step:                    {summary['max_abs_error_kw']} kW (the first step after a change: ramp)")
+    worst = max(closed, key=lambda x: abs(x.error_kw)) if closed else None
+    if worst is not None:
+        say(
+            f"  worst step:                    {summary['max_abs_error_kw']} kW at step {worst.step} "
+            "(a ramp after a setpoint change, or a site falling short before its share is moved)"
+        )
     say(f"  activation -> Modbus write:    median {summary['median_activation_to_write_ms']} ms")
     say(
         f"  commands / acks / clamped:     {summary['commands_sent']} / {summary['acks_received']} / "
