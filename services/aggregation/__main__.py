@@ -1,15 +1,12 @@
-import asyncio
+"""``python -m aggregation``: settings from VPP_* environment variables (and KAFKA_BOOTSTRAP_SERVERS)."""
 
 from aggregation.service import build
 from aggregation.settings import AggregationSettings
-from vpp_common.app import ServiceApp
+from vpp_common.app import run_service
 
 
 def main() -> None:
-    settings = AggregationSettings()
-    app = ServiceApp(settings)
-    build(app, settings)
-    asyncio.run(app.run())
+    run_service(AggregationSettings, build)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,12 @@
-import asyncio
+"""``python -m bidding``: settings from VPP_* environment variables (and KAFKA_BOOTSTRAP_SERVERS)."""
 
 from bidding.service import build
 from bidding.settings import BiddingSettings
-from vpp_common.app import ServiceApp
+from vpp_common.app import run_service
 
 
 def main() -> None:
-    settings = BiddingSettings()
-    app = ServiceApp(settings)
-    build(app, settings)
-    asyncio.run(app.run())
+    run_service(BiddingSettings, build)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,12 @@
-import asyncio
+"""``python -m dispatch``: settings from VPP_* environment variables (and KAFKA_BOOTSTRAP_SERVERS)."""
 
 from dispatch.service import build
 from dispatch.settings import DispatchSettings
-from vpp_common.app import ServiceApp
+from vpp_common.app import run_service
 
 
 def main() -> None:
-    settings = DispatchSettings()
-    app = ServiceApp(settings)
-    build(app, settings)
-    asyncio.run(app.run())
+    run_service(DispatchSettings, build)
 
 
 if __name__ == "__main__":

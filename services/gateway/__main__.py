@@ -1,15 +1,12 @@
-import asyncio
+"""``python -m gateway``: settings from VPP_* environment variables (and KAFKA_BOOTSTRAP_SERVERS)."""
 
 from gateway.service import build
 from gateway.settings import GatewaySettings
-from vpp_common.app import ServiceApp
+from vpp_common.app import run_service
 
 
 def main() -> None:
-    settings = GatewaySettings()
-    app = ServiceApp(settings)
-    build(app, settings)
-    asyncio.run(app.run())
+    run_service(GatewaySettings, build)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,12 @@
-import asyncio
+"""``python -m market``: settings from VPP_* environment variables (and KAFKA_BOOTSTRAP_SERVERS)."""
 
 from market.service import build
 from market.settings import MarketSettings
-from vpp_common.app import ServiceApp
+from vpp_common.app import run_service
 
 
 def main() -> None:
-    settings = MarketSettings()
-    app = ServiceApp(settings)
-    build(app, settings)
-    asyncio.run(app.run())
+    run_service(MarketSettings, build)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 
 from vpp_common import metrics
 from vpp_common.grpc_server import GrpcServer
@@ -107,3 +108,24 @@ class ServiceApp:
         await self.start()
         await self._stopping.wait()
         await self.stop()
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def run_service(settings_type: type[S], build: Callable[[ServiceApp, S], object]) -> None:
+    """``python -m <service>``: settings from the environment, wire the service, run until SIGTERM.
+
+    A bad setting ends the process with one line naming the environment variable, not a traceback.
+    """
+    try:
+        settings = settings_type()
+    except ValidationError as exc:
+        prefix = settings_type.model_config.get("env_prefix", "")
+        problems = "; ".join(
+            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise SystemExit(f"{settings_type.__name__}: invalid configuration: {problems}") from exc
+    app = ServiceApp(settings)
+    build(app, settings)
+    asyncio.run(app.run())

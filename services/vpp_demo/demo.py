@@ -48,7 +48,9 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     with Stack(out_dir / "run") as stack:
         tap = TelemetryTap(stack.bootstrap_servers).start()
-        say(f"\nPlatform up in {time.monotonic() - started:.0f} s. Kafka (Tansu) at {stack.bootstrap_servers}\n")
+        say(f"\nPlatform up in {time.monotonic() - started:.0f} s. Kafka (Tansu) at {stack.bootstrap_servers}")
+        say("Letting the sites settle into self-consumption (the activation's baseline) ...\n")
+        time.sleep(10)
         agg = aggregation_pb2_grpc.AggregationServiceStub(stack.channel("aggregation"))
         flex = agg.GetPortfolioFlexibility(
             aggregation_pb2.GetPortfolioFlexibilityRequest(interval_minutes=2), timeout=5

@@ -4,6 +4,7 @@ requirements (no services' packages), and keep the site working while the gatewa
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -22,8 +23,14 @@ def test_agent_installs_alone_and_runs_without_the_gateway(tmp_path: Path) -> No
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    source = shutil.copytree(
+        REPO / "edge-agent",
+        tmp_path / "edge-agent",
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
     install = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", str(REPO / "edge-agent")],
+        [str(py), "-m", "pip", "install", "-q", str(source)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -80,4 +87,4 @@ def test_agent_installs_alone_and_runs_without_the_gateway(tmp_path: Path) -> No
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
-    assert agent is not None and agent.returncode == 0, (agent.stderr.read().decode()[-2000:] if agent.stderr else "")
+    assert agent is not None and agent.returncode == 0, agent.stderr.read().decode()[-2000:] if agent.stderr else ""

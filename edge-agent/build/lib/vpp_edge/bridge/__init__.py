@@ -1,5 +1,0 @@
-"""Bridge layer: owns the bus connection; devices talk to the device only through it."""
-
-from vpp_edge.bridge.modbus import ModbusBridge, ModbusError
-
-__all__ = ["ModbusBridge", "ModbusError"]
