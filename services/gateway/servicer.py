@@ -123,7 +123,9 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             log.info("site_disconnected", site_id=site_id, messages_in=session.messages_in)
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             exc = reader.exception()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"gateway could not write to Kafka: {exc}; reconnect")
+            # Almost always Kafka refusing the write: the agent reconnects and re-sends from its outbox.
+            detail = f"gateway failed to handle the stream ({exc!r}); reconnect"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, detail)
 
     async def _read(
         self,
