@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 import urllib.request
@@ -156,3 +157,59 @@ def test_telemetry_reaches_kafka_once_and_bad_messages_do_not_kill_the_stream(st
     assert 'vpp_gateway_messages_refused_total{reason="undecodable"} 1.0' in metrics
     assert "vpp_gateway_duplicates_dropped_total 2.0" in metrics
     assert "vpp_gateway_stream_reconnects_total" in metrics
+
+
+def test_a_command_reaches_the_replica_that_holds_the_site(stack: Stack) -> None:
+    """Two gateway replicas: each reads every command and delivers only to its own sites."""
+    import subprocess
+    import sys
+
+    from vpp_common.netutil import free_port, wait_for_port
+
+    env = stack._service_env("gateway")  # same broker and secret as replica 0
+    port_b, metrics_b = free_port(), free_port()
+    env.update({"VPP_GRPC_PORT": str(port_b), "VPP_METRICS_PORT": str(metrics_b), "VPP_INSTANCE_ID": "gateway-1"})
+    replica_b = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port_b, 60, "second gateway replica")
+        site_a, site_b = "site-on-a", "site-on-b"
+        on_a = AgentStream(stack.target("gateway"), site_a, site_token(DEMO_SECRET, site_a))
+        on_b = AgentStream(f"127.0.0.1:{port_b}", site_b, site_token(DEMO_SECRET, site_b))
+        for agent, site in ((on_a, site_a), (on_b, site_b)):
+            agent.send(hello(site, "e1"))
+            agent.expect(lambda m: m.HasField("welcome"))
+        prod = producer(stack.bootstrap_servers)
+
+        def send(site: str) -> None:
+            cmd = dispatch_pb2.DispatchCommand(command_id=f"{site}-{time.monotonic_ns()}", site_id=site)
+            cmd.valid_until.FromNanoseconds(time.time_ns() + 30 * 10**9)
+            env = wrap(cmd, source="test", site_id=site)
+            prod.send(COMMANDS.name, key=site.encode(), value=env.SerializeToString()).get(10)
+
+        got: dict[str, gateway_pb2.GatewayMessage] = {}
+        deadline = time.monotonic() + 40
+        while len(got) < 2 and time.monotonic() < deadline:  # until both replicas' group joins are done
+            for site, agent in ((site_a, on_a), (site_b, on_b)):
+                if site not in got:
+                    send(site)
+                    with contextlib.suppress(AssertionError):
+                        got[site] = agent.expect(lambda m: m.HasField("command"), timeout_s=1.5)
+        assert got[site_a].command.site_id == site_a
+        assert got[site_b].command.site_id == site_b
+        # Both replicas now read the topic: one more command each is delivered once, by its holder,
+        # and counted as not held by the other.
+        send(site_a)
+        send(site_b)
+        assert on_a.expect(lambda m: m.HasField("command")).command.site_id == site_a
+        assert on_b.expect(lambda m: m.HasField("command")).command.site_id == site_b
+        for url in (
+            f"http://127.0.0.1:{stack.ports['gateway'].metrics}/metrics",
+            f"http://127.0.0.1:{metrics_b}/metrics",
+        ):
+            body = urllib.request.urlopen(url).read().decode()
+            assert 'vpp_gateway_commands_total{outcome="not_held"}' in body, url
+        on_a.close()
+        on_b.close()
+    finally:
+        replica_b.terminate()
+        replica_b.wait(15)
