@@ -78,10 +78,18 @@ class AggregationServicer(aggregation_pb2_grpc.AggregationServiceServicer):
         self, request: aggregation_pb2.GetSiteFlexibilityRequest, context: grpc.aio.ServicerContext
     ) -> flexibility_pb2.SiteFlexibility:
         req = await validated(SiteRequest, {"site_id": request.site_id}, context)
-        if self.table.get(req.site_id) is None:
+        reading = self.table.get(req.site_id)
+        if reading is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"site_id: no telemetry from site {req.site_id!r} yet")
-        flex = self.snapshot(self._settings.default_interval_minutes)
-        return next(s for s in flex.sites if s.site_id == req.site_id)
+        assert reading is not None
+        site = portfolio_flexibility(
+            [self.table.battery_state(reading)],
+            interval_minutes=self._settings.default_interval_minutes,
+            efficiency=self._settings.efficiency,
+            portfolio_id=self._settings.portfolio_id,
+        ).sites[0]
+        site.measured_at.CopyFrom(reading.telemetry.measured_at)
+        return site
 
     async def publish_loop(self, app: ServiceApp) -> None:
         """Publish the portfolio's flexibility for the next interval on a fixed period."""

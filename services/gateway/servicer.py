@@ -108,7 +108,7 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
             RECONNECTS.inc()
         CONNECTED.set(len(self.registry.sessions))
         log.info("site_connected", site_id=site_id, peer=context.peer(), connects=ledger.connects)
-        reader = asyncio.create_task(self._read(session, ledger, request_iterator, context))
+        reader = asyncio.create_task(self._read(session, ledger, request_iterator))
         reader.add_done_callback(lambda _t: session.end())
         try:
             while True:
@@ -132,7 +132,6 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
         session: SiteSession,
         ledger: SiteLedger,
         request_iterator: AsyncIterator[Any],
-        context: grpc.aio.ServicerContext,
     ) -> None:
         hello_seen = False
         async for item in request_iterator:

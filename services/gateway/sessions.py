@@ -23,7 +23,6 @@ class SiteSession:
     outbound: asyncio.Queue[gateway_pb2.GatewayMessage | None] = field(default_factory=asyncio.Queue)
     messages_in: int = 0
     commands_out: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, msg: gateway_pb2.GatewayMessage) -> bool:
         """Queue a message for the agent unless it is already ``limit`` behind."""
@@ -65,7 +64,6 @@ class SessionRegistry:
         return session, ledger, old
 
     def close(self, session: SiteSession) -> None:
-        session.closed.set()
         if self.sessions.get(session.site_id) is session:
             del self.sessions[session.site_id]
 

@@ -4,7 +4,6 @@ aFRR-style setpoint every step, and a capacity auction that clears bids into awa
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from typing import Any
@@ -53,7 +52,6 @@ class MarketSimulator(market_api_pb2_grpc.MarketSimulatorServicer):
         self._channel: grpc.aio.Channel | None = None
         self.activations: dict[str, market_api_pb2.GetActivationResponse] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = threading.Lock()
 
     def _aggregation(self) -> aggregation_pb2_grpc.AggregationServiceStub:
         if self._channel is None:

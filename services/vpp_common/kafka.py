@@ -57,6 +57,39 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = ALL_TOPICS, 
         admin.close()
 
 
+def read_topic(
+    bootstrap_servers: str,
+    topic_name: str,
+    partitions: int,
+    *,
+    timeout_s: float = 5.0,
+    min_records: int = 0,
+    settle_polls: int = 3,
+) -> list[Any]:
+    """Every record currently in a topic, for tools, benchmarks and tests (not for services).
+
+    Reads from the beginning (Tansu's ListOffsets(latest) is wrong, so there is no "up to the end"):
+    stops once ``min_records`` are in and ``settle_polls`` polls in a row brought nothing, or at
+    ``timeout_s``.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    tps = [TopicPartition(topic_name, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    idle_polls = 0
+    while time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=200)
+        for recs in batch.values():
+            records.extend(recs)
+        idle_polls = 0 if batch else idle_polls + 1
+        if len(records) >= min_records and idle_polls >= settle_polls:
+            break
+    consumer.close()
+    return records
+
+
 class EventProducer:
     """Idempotent, acks=all: bids, setpoints and acks must neither vanish nor double."""
 
@@ -151,6 +184,7 @@ class EventConsumer:
         """``topics`` maps each topic to the Envelope payload field it must carry; ``fetch_max_wait_ms``
         overrides the setting for latency-critical streams (activations, commands)."""
         self._expected = {t.name: payload for t, payload in topics.items()}
+        self._children: dict[str, tuple[Any, Any, Any]] = {}
         self._handler = handler
         self._producer = producer
         self._stop = threading.Event()
@@ -204,7 +238,8 @@ class EventConsumer:
 
     def _process(self, record: Any) -> None:
         topic = record.topic
-        metrics.KAFKA_CONSUMED.labels(topic).inc()
+        consumed, age, processing = self._metrics_for(topic)
+        consumed.inc()
         started = time.perf_counter()
         try:
             env = unwrap(record.value, self._expected.get(topic))
@@ -212,7 +247,7 @@ class EventConsumer:
             dead_letter(self._producer, record, exc.reason, exc.detail)
             return
         age_s = time.time() - env.produced_at.ToNanoseconds() / 1e9
-        metrics.KAFKA_RECORD_AGE_SECONDS.labels(topic).observe(max(age_s, 0.0))
+        age.observe(max(age_s, 0.0))
         try:
             self._handler(env, record)
         except (ValueError, KeyError) as exc:  # the record is at fault (domain validation)
@@ -221,4 +256,16 @@ class EventConsumer:
             log.exception("handler_failed", topic=topic, offset=record.offset)
             dead_letter(self._producer, record, "handler_error", repr(exc))
         finally:
-            metrics.KAFKA_PROCESSING_SECONDS.labels(topic).observe(time.perf_counter() - started)
+            processing.observe(time.perf_counter() - started)
+
+    def _metrics_for(self, topic: str) -> tuple[Any, Any, Any]:
+        """Labelled metric children, resolved once per topic rather than per record."""
+        children = self._children.get(topic)
+        if children is None:
+            children = (
+                metrics.KAFKA_CONSUMED.labels(topic),
+                metrics.KAFKA_RECORD_AGE_SECONDS.labels(topic),
+                metrics.KAFKA_PROCESSING_SECONDS.labels(topic),
+            )
+            self._children[topic] = children
+        return children

@@ -16,7 +16,6 @@ from vpp_common.flexibility import BatteryState
 class SiteReading:
     telemetry: telemetry_pb2.Telemetry
     measured_at_s: float
-    received_at_s: float
 
 
 class SiteTable:
@@ -34,7 +33,7 @@ class SiteTable:
             current = self._latest.get(telemetry.site_id)
             if current is not None and current.measured_at_s >= measured_at_s:
                 return False
-            self._latest[telemetry.site_id] = SiteReading(telemetry, measured_at_s, time.time())
+            self._latest[telemetry.site_id] = SiteReading(telemetry, measured_at_s)
             return True
 
     def readings(self) -> dict[str, SiteReading]:

@@ -13,14 +13,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, market_api_pb2, market_api_pb2_grpc
 
-from vpp_common.kafka import ensure_topics
+from vpp_common.kafka import ensure_topics, read_topic
 from vpp_common.process import exit_on_sigterm
 from vpp_common.topics import ACKS, ACTIVATIONS, COMMANDS, Topic
 from vpp_demo.stack import Stack
@@ -111,17 +110,23 @@ def activation_to_write(stack: Stack, duration_s: int) -> dict[str, list[float]]
         if waited % 10 == 0:
             progress(f"  activation running {waited}/{duration_s + 10} s")
     issued_ms: dict[int, float] = {}
-    for rec in _read(stack.bootstrap_servers, ACTIVATIONS.name, ACTIVATIONS.partitions):
+    for rec in read_topic(
+        stack.bootstrap_servers, ACTIVATIONS.name, ACTIVATIONS.partitions, timeout_s=15, min_records=1, settle_polls=5
+    ):
         act = envelope_pb2.Envelope.FromString(rec.value).activation
         if act.activation_id == start.activation_id:
             issued_ms[act.step] = act.issued_at.ToNanoseconds() / 1e6
     commands: dict[str, tuple[int, float]] = {}
-    for rec in _read(stack.bootstrap_servers, COMMANDS.name, COMMANDS.partitions):
+    for rec in read_topic(
+        stack.bootstrap_servers, COMMANDS.name, COMMANDS.partitions, timeout_s=15, min_records=1, settle_polls=5
+    ):
         cmd = envelope_pb2.Envelope.FromString(rec.value).command
         if cmd.activation_id == start.activation_id:
             commands[cmd.command_id] = (cmd.step, cmd.issued_at.ToNanoseconds() / 1e6)
     legs: dict[str, list[float]] = {"total": [], "market_to_dispatch": [], "dispatch_to_agent": [], "agent_write": []}
-    for rec in _read(stack.bootstrap_servers, ACKS.name, ACKS.partitions):
+    for rec in read_topic(
+        stack.bootstrap_servers, ACKS.name, ACKS.partitions, timeout_s=15, min_records=1, settle_polls=5
+    ):
         ack = envelope_pb2.Envelope.FromString(rec.value).ack
         if ack.command_id not in commands or not ack.HasField("written_at"):
             continue
@@ -133,23 +138,6 @@ def activation_to_write(stack: Stack, duration_s: int) -> dict[str, list[float]]
         legs["dispatch_to_agent"].append(received_ms - command_ms)
         legs["agent_write"].append(written_ms - received_ms)
     return legs
-
-
-def _read(bootstrap: str, topic: str, partitions: int) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    records: list[Any] = []
-    idle = 0
-    started = time.monotonic()
-    while idle < 5 or time.monotonic() - started < 3:
-        batch = consumer.poll(timeout_ms=200)
-        idle = 0 if batch else idle + 1
-        for recs in batch.values():
-            records.extend(recs)
-    consumer.close()
-    return records
 
 
 def telemetry_latency(tap: TelemetryTap) -> list[float]:

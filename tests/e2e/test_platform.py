@@ -25,8 +25,9 @@ from vpp.v1 import (
     market_api_pb2_grpc,
 )
 
-from kafka_helpers import producer, read_all
+from kafka_helpers import producer
 from vpp_common.envelope import wrap
+from vpp_common.kafka import read_topic
 from vpp_common.topics import ACKS, COMMANDS, TELEMETRY
 from vpp_demo.stack import Stack
 
@@ -113,7 +114,7 @@ def test_edge_agent_clamps_to_device_limits_and_says_so(stack: Stack) -> None:
     deadline = time.monotonic() + 20
     ack = None
     while ack is None and time.monotonic() < deadline:
-        for r in read_all(stack.bootstrap_servers, ACKS.name, ACKS.partitions, timeout_s=2):
+        for r in read_topic(stack.bootstrap_servers, ACKS.name, ACKS.partitions, timeout_s=2):
             a = envelope_pb2.Envelope.FromString(r.value).ack
             if a.command_id == cmd.command_id:
                 ack = a

@@ -21,10 +21,11 @@ from conftest import SITE_A, small_settings, write_sites
 from forecasting.service import LOAD, NET, PV, Built, build
 from forecasting.settings import ForecastingSettings
 from forecasting.store import SLOT
-from kafka_helpers import producer, read_all
+from kafka_helpers import producer
 from vpp_common.app import ServiceApp
 from vpp_common.broker import EmbeddedBroker
 from vpp_common.envelope import wrap
+from vpp_common.kafka import read_topic
 from vpp_common.topics import FORECASTS, TELEMETRY
 
 
@@ -99,7 +100,7 @@ def service(broker: EmbeddedBroker, tmp_path: Path, clean_env: None) -> Iterator
 
 
 def forecasts_on_topic(bootstrap: str, at_least: int, timeout_s: float) -> list[tuple[str, envelope_pb2.Envelope]]:
-    records = read_all(bootstrap, FORECASTS.name, FORECASTS.partitions, timeout_s=timeout_s, min_records=at_least)
+    records = read_topic(bootstrap, FORECASTS.name, FORECASTS.partitions, timeout_s=timeout_s, min_records=at_least)
     out = []
     for r in records:
         env = envelope_pb2.Envelope()

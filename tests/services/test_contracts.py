@@ -27,8 +27,9 @@ from vpp.v1 import (
     telemetry_pb2,
 )
 
-from kafka_helpers import producer, read_all
+from kafka_helpers import producer
 from vpp_common.envelope import wrap
+from vpp_common.kafka import read_topic
 from vpp_common.topics import DEAD_LETTER, TELEMETRY
 from vpp_demo.stack import Stack
 
@@ -124,7 +125,7 @@ def test_malformed_records_are_dead_lettered_and_processing_continues(stack: Sta
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.NOT_FOUND
     assert found, "the good record after the bad ones was not processed"
-    dead = read_all(stack.bootstrap_servers, DEAD_LETTER.name, DEAD_LETTER.partitions, min_records=2)
+    dead = read_topic(stack.bootstrap_servers, DEAD_LETTER.name, DEAD_LETTER.partitions, min_records=2)
     reasons = {dict(r.headers)["vpp-error-reason"].decode() for r in dead}
     assert {"decode_error", "wrong_payload"} <= reasons
     for r in dead:

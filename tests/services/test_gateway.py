@@ -15,8 +15,9 @@ import pytest
 from vpp.v1 import dispatch_pb2, envelope_pb2, gateway_pb2, telemetry_pb2
 
 from gateway.auth import site_token
-from kafka_helpers import producer, read_all
+from kafka_helpers import producer
 from vpp_common.envelope import wrap
+from vpp_common.kafka import read_topic
 from vpp_common.topics import COMMANDS, TELEMETRY
 from vpp_demo.stack import DEMO_SECRET, Stack
 
@@ -129,7 +130,7 @@ def test_telemetry_reaches_kafka_once_and_bad_messages_do_not_kill_the_stream(st
     again.send(telemetry(SITE, 4, soc=44.0))
     again.expect(lambda m: m.ack_seq == 4)
 
-    records = read_all(stack.bootstrap_servers, TELEMETRY.name, TELEMETRY.partitions, min_records=3)
+    records = read_topic(stack.bootstrap_servers, TELEMETRY.name, TELEMETRY.partitions, min_records=3)
     mine = [r for r in records if r.key == SITE.encode()]
     socs = sorted(envelope_pb2.Envelope.FromString(r.value).telemetry.soc_pct for r in mine)
     assert socs == [41.0, 43.0, 44.0]
