@@ -8,7 +8,7 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := gen/python
 GEN_STAMP := $(GEN)/.generated
 
-.PHONY: all venv protos tools demo up test test-fast lint typecheck bench bench-forecast load clean
+.PHONY: all venv protos tools demo up test test-fast lint typecheck bench bench-forecast load load-scale clean
 
 all: protos
 
@@ -71,6 +71,10 @@ bench-forecast: protos
 
 load: protos
 	@$(PY) -m vpp_demo.load
+
+# Fleet scale: ramps simulated sites 1k -> 10k against the real platform (~25 min); ARGS="--levels 500,1000 ..."
+load-scale: protos
+	@$(PY) -m vpp_demo.scale $(ARGS)
 
 clean:
 	rm -rf $(GEN) .pytest_cache .mypy_cache .ruff_cache out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vpp_common.broker import EmbeddedBroker
+from vpp_devtools.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

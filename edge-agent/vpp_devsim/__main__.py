@@ -12,6 +12,7 @@ from pathlib import Path
 from vpp_devsim.physics import BatteryParams
 from vpp_devsim.registers import RegisterImage
 from vpp_devsim.server import MODEL_IDS, DeviceSimulator, SimulatorConfig
+from vpp_edge.logfmt import KeyValueFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,11 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_register_map:
         sys.stdout.write(RegisterImage(MODEL_IDS).markdown_map() + "\n")
         return
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )
+    # The platform's log line (vpp_edge.logfmt), on stderr: stdout carries the MODBUS_PORT line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(args.log_level.upper())
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
     asyncio.run(run(config_from_args(args)))
 

@@ -26,6 +26,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from vpp_devsim.physics import BatteryParams, SitePhysics
 from vpp_devsim.profile import Profile
 from vpp_devsim.registers import SUNSPEC_BASE_ADDR, RegisterImage
+from vpp_edge.logfmt import kv
 
 log = logging.getLogger("vpp_devsim")
 
@@ -230,7 +231,7 @@ class DeviceSimulator:
         if not isinstance(revert, int) or revert <= 0 or self.physics.command_kw == 0.0:
             return
         if now - self._last_control_write > revert:
-            log.warning("control revert timeout, battery back to idle revert_s=%s", revert)
+            log.warning("control_revert_timeout", extra=kv(revert_s=revert, battery="idle"))
             self.image.set_point(124, "StorCtl_Mod", 0)
             self.physics.command_kw = 0.0
 
@@ -298,8 +299,9 @@ class DeviceSimulator:
         self._started_at = self._last_tick = self._last_control_write = self.clock()
         self.tick(0.0)
         self._ticker = asyncio.create_task(self._tick_loop(), name="devsim-tick")
-        log.info("modbus simulator listening host=%s port=%s unit_id=%s", self.config.host, self.port,
-                 self.config.unit_id)
+        log.info(
+            "modbus_simulator_listening", extra=kv(host=self.config.host, port=self.port, unit_id=self.config.unit_id)
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -312,4 +314,4 @@ class DeviceSimulator:
         if self._server is not None:
             await self._server.shutdown()
             self._server = None
-        log.info("modbus simulator stopped port=%s", self.port)
+        log.info("modbus_simulator_stopped", extra=kv(port=self.port))

@@ -28,7 +28,7 @@ async def run(settings: EdgeSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "agent starting",
+        "agent_starting",
         extra=kv(site_id=settings.site_id, modbus=f"{settings.modbus_host}:{settings.modbus_port}",
                  gateway=settings.gateway_target, metrics_port=port),
     )
@@ -47,7 +47,7 @@ async def run(settings: EdgeSettings) -> int:
         watcher.cancel()
         return 0
     except SetupError as exc:
-        log.error("setup failed", extra=kv(error=str(exc)))
+        log.error("setup_failed", extra=kv(error=str(exc)))
         return 2
     finally:
         await agent.stop()

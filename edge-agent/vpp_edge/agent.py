@@ -55,6 +55,8 @@ class EdgeAgent:
             self.metrics,
             self.coordinator.handle_command,
             outbox_max=settings.outbox_max,
+            batch_interval_s=settings.uplink_batch_interval_s,
+            ack_max_delay_s=settings.uplink_ack_max_delay_s,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reconnect_min_s=settings.reconnect_min_s,
             reconnect_max_s=settings.reconnect_max_s,
@@ -78,7 +80,7 @@ class EdgeAgent:
         """Wait for a first good poll, then run the cycle and the gateway stream."""
         snapshot = await self.coordinator.async_setup(self.settings.setup_timeout_s)
         log.info(
-            "device ready",
+            "device_ready",
             extra=kv(
                 soc_pct=round(snapshot.soc_pct, 1),
                 capacity_kwh=snapshot.capacity_kwh,
@@ -111,4 +113,4 @@ class EdgeAgent:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
             self._metrics_server = None
-        log.info("agent stopped")
+        log.info("agent_stopped")

@@ -118,7 +118,7 @@ class Coordinator:
             try:
                 await self.run_cycle()
             except Exception:  # a bug in one cycle must not stop the site's control loop
-                log.exception("cycle failed")
+                log.exception("cycle_failed")
             next_at += self.poll_interval_s
             delay = next_at - loop.time()
             if delay < 0:
@@ -151,11 +151,11 @@ class Coordinator:
             self.metrics.device_available.set(0)
             if not self._unavailable_logged:
                 self._unavailable_logged = True
-                log.warning("device unavailable", extra=kv(error=str(exc)))
+                log.warning("device_unavailable", extra=kv(error=str(exc)))
             return None
         if self._unavailable_logged:
             self._unavailable_logged = False
-            log.info("device available again", extra=kv(soc_pct=round(snapshot.soc_pct, 1)))
+            log.info("device_available_again", extra=kv(soc_pct=round(snapshot.soc_pct, 1)))
         self.metrics.device_available.set(1)
         return snapshot
 
@@ -179,11 +179,13 @@ class Coordinator:
                 self.metrics.controller_errors.labels(controller=controller.name).inc()
                 if controller.name not in self._failing_controllers:
                     self._failing_controllers.add(controller.name)
-                    log.error("controller failed, skipped", extra=kv(controller=controller.name, error=repr(exc)))
+                    log.error(
+                        "controller_failed", extra=kv(controller=controller.name, action="skipped", error=repr(exc))
+                    )
                 continue
             if controller.name in self._failing_controllers:
                 self._failing_controllers.discard(controller.name)
-                log.info("controller recovered", extra=kv(controller=controller.name))
+                log.info("controller_recovered", extra=kv(controller=controller.name))
         solution = solve(self.limits(snapshot), constraints)
         if solution.clamped:
             self.metrics.clamps.labels(source=solution.source).inc()
@@ -194,7 +196,7 @@ class Coordinator:
             result = await self.device.write_battery_setpoint(solution.setpoint_kw, self.setpoint_revert_s)
         except DeviceError as exc:
             self.metrics.setpoint_write_failures.inc()
-            log.warning("setpoint write failed", extra=kv(setpoint_kw=round(solution.setpoint_kw, 3), error=str(exc)))
+            log.warning("setpoint_write_failed", extra=kv(setpoint_kw=round(solution.setpoint_kw, 3), error=str(exc)))
             return None
         self.last_solution = solution
         self.last_setpoint_kw = result.applied_kw
@@ -255,7 +257,7 @@ class Coordinator:
         ack.status = dispatch_pb2.AckStatus.ValueType(status)
         ack.reason = reason
         log.info(
-            "command handled",
+            "command_handled",
             extra=kv(
                 command_id=command.command_id,
                 status=dispatch_pb2.AckStatus.Name(status),

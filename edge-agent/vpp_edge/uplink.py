@@ -5,6 +5,14 @@ stays in the outbox until the gateway's ack_seq covers it; after a reconnect the
 sent again. Incoming gateway messages are processed once: a seq already processed in the
 session, or a command_id already seen, is dropped. Our ack_seq rides on every message and on
 heartbeats. The outbox is bounded: when full the oldest telemetry goes, acks never do.
+
+Batching (docs/scaling.md): a stream message costs the gateway far more CPU than a sample inside
+one, so samples wait up to ``batch_interval_s`` and go together in one ``Batch`` message (each
+keeps its own seq and timestamp). A command ack goes at once, with every sample taken so far: under
+an aFRR activation that is one message per 4 s step, and it brings dispatch the samples that show
+how the site delivered the previous step. Our ack_seq for the gateway's messages rides on the next
+write, or on a heartbeat after ``ack_max_delay_s``. ``batch_interval_s=0`` sends every entry at
+once, each in its own message (no ``Batch``).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -49,6 +58,9 @@ class Uplink:
         heartbeat_interval_s: float = 5.0,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        batch_interval_s: float = 0.0,
+        ack_max_delay_s: float = 1.5,
+        max_batch_entries: int = 64,
     ) -> None:
         self.site_id = site_id
         self.site_token = site_token
@@ -59,8 +71,12 @@ class Uplink:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
+        self.batch_interval_s = batch_interval_s
+        self.ack_max_delay_s = ack_max_delay_s
+        self.max_batch_entries = max_batch_entries
         self.agent_epoch = uuid.uuid4().hex
         self.outbox: OrderedDict[int, gateway_pb2.AgentMessage] = OrderedDict()
+        self._queued_at: dict[int, float] = {}  # seq -> monotonic time it entered the outbox
         self.dropped = 0
         self.last_gateway_seq = 0
         self._next_seq = 1
@@ -70,6 +86,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._welcomed = asyncio.Event()
         self._ack_dirty = False
+        self._ack_dirty_since = 0.0
         self._stopping = False
         self._connected = False
 
@@ -89,10 +106,11 @@ class Uplink:
 
     def _enqueue(self, message: gateway_pb2.AgentMessage) -> int:
         if len(self.outbox) >= self.outbox_max and not self._drop_oldest_telemetry():
-            log.warning("outbox full of acks, growing past its bound", extra=kv(size=len(self.outbox)))
+            log.warning("outbox_full_of_acks", extra=kv(size=len(self.outbox), bound=self.outbox_max))
         message.seq = self._next_seq
         self._next_seq += 1
         self.outbox[message.seq] = message
+        self._queued_at[message.seq] = time.monotonic()
         self.metrics.uplink_outbox_size.set(len(self.outbox))
         self._wake.set()
         return message.seq
@@ -101,6 +119,7 @@ class Uplink:
         for seq, msg in self.outbox.items():
             if msg.WhichOneof("body") == "telemetry":
                 del self.outbox[seq]
+                self._queued_at.pop(seq, None)
                 self.dropped += 1
                 self.metrics.uplink_outbox_dropped.inc()
                 return True
@@ -113,6 +132,7 @@ class Uplink:
             if seq > upto_seq:
                 break
             del self.outbox[seq]
+            self._queued_at.pop(seq, None)
         self.metrics.uplink_outbox_size.set(len(self.outbox))
 
     # ------------------------------------------------------------------ connection loop
@@ -129,7 +149,7 @@ class Uplink:
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:  # anything else still must not end the reconnect loop
-                log.exception("gateway session failed unexpectedly")
+                log.exception("gateway_session_failed", extra=kv(target=self.target))
                 reason = repr(exc)
             self._set_connected(False)
             if self._stopping:
@@ -138,10 +158,10 @@ class Uplink:
                 attempt = 0
                 first_failure = True
             if first_failure:
-                log.warning("gateway stream down, reconnecting", extra=kv(target=self.target, reason=reason))
+                log.warning("gateway_stream_down", extra=kv(target=self.target, reason=reason))
                 first_failure = False
             else:
-                log.debug("gateway reconnect failed", extra=kv(target=self.target, reason=reason, attempt=attempt))
+                log.debug("gateway_reconnect_failed", extra=kv(target=self.target, reason=reason, attempt=attempt))
             delay_s = min(self.reconnect_max_s, self.reconnect_min_s * (2**attempt)) * random.uniform(0.5, 1.0)
             attempt = min(attempt + 1, 30)
             self.metrics.uplink_reconnects.inc()
@@ -200,23 +220,67 @@ class Uplink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._welcomed.wait(), timeout=WELCOME_WAIT_S)
         sent_upto = 0
+        last_write = time.monotonic()
+        # Whatever is still unacked after a (re)connect goes at once: it has waited long enough.
+        catch_up = True
         while True:
             self._wake.clear()
-            for seq in [s for s in self.outbox if s > sent_upto]:
-                message = self.outbox.get(seq)
-                if message is None:
-                    continue
-                message.ack_seq = self._session_gateway_seq
-                await call.write(message)
-                sent_upto = seq
-                self._ack_dirty = False
-                self.metrics.uplink_sent.labels(kind=message.WhichOneof("body") or "unknown").inc()
-            if self._ack_dirty:
-                await self._heartbeat(call)
+            unsent = [s for s in self.outbox if s > sent_upto]
+            now = time.monotonic()
+            flush_at = self._flush_at(unsent, now)
+            if unsent and (catch_up or flush_at <= now):
+                size = self.max_batch_entries if self.batch_interval_s > 0 else 1
+                for start in range(0, len(unsent), size):
+                    sent_upto = await self._write_entries(call, unsent[start : start + size])
+                last_write = time.monotonic()
+                continue
+            catch_up = False
+            ack_due = self._ack_dirty_since + self.ack_max_delay_s if self._ack_dirty else float("inf")
+            if ack_due <= now and not unsent:
+                await self._heartbeat(call)  # our ack_seq, when no entry is going to carry it soon
+                last_write = time.monotonic()
+                continue
+            wake_at = min(flush_at, last_write + self.heartbeat_interval_s, ack_due)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.heartbeat_interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wake_at - now))
             except TimeoutError:
-                await self._heartbeat(call)
+                if time.monotonic() - last_write >= self.heartbeat_interval_s and not unsent:
+                    await self._heartbeat(call)
+                    last_write = time.monotonic()
+
+    def _flush_at(self, unsent: list[int], now: float) -> float:
+        """When the unsent entries should go (``inf`` if there are none)."""
+        if not unsent:
+            return float("inf")
+        if self.batch_interval_s <= 0 or len(unsent) >= self.max_batch_entries:
+            return now
+        if any(self.outbox[s].WhichOneof("body") == "ack" for s in unsent):
+            return now  # a command ack goes at once, with the samples of the step before it
+        return self._queued_at.get(unsent[0], now) + self.batch_interval_s
+
+    async def _write_entries(self, call: grpc.aio.StreamStreamCall, seqs: list[int]) -> int:
+        """One stream message for ``seqs`` (a Batch unless it is a single entry); returns the last seq."""
+        messages = [m for s in seqs if (m := self.outbox.get(s)) is not None]
+        if not messages:
+            return seqs[-1]
+        if len(messages) == 1:
+            message = messages[0]
+            message.ack_seq = self._session_gateway_seq
+            kind = message.WhichOneof("body") or "unknown"
+        else:
+            batch = gateway_pb2.Batch()
+            for m in messages:
+                body = m.WhichOneof("body")  # the outbox holds only telemetry and acks
+                assert body is not None
+                getattr(batch.entries.add(seq=m.seq), body).CopyFrom(getattr(m, body))
+            message = gateway_pb2.AgentMessage(
+                seq=messages[-1].seq, ack_seq=self._session_gateway_seq, site_id=self.site_id, batch=batch
+            )
+            kind = "batch"
+        await call.write(message)
+        self._ack_dirty = False
+        self.metrics.uplink_sent.labels(kind=kind).inc()
+        return seqs[-1]
 
     async def _heartbeat(self, call: grpc.aio.StreamStreamCall) -> None:
         now = Timestamp()
@@ -241,15 +305,14 @@ class Uplink:
         if message.ack_seq:
             self._release(message.ack_seq)
         if message.seq and message.seq <= self._session_gateway_seq:
-            log.debug("duplicate gateway message dropped", extra=kv(seq=message.seq))
-            self._ack_dirty = True
-            self._wake.set()
+            log.debug("duplicate_gateway_message_dropped", extra=kv(seq=message.seq))
+            self._mark_ack_dirty()
             return
         if kind == "welcome":
             welcome = message.welcome
             self._release(welcome.last_agent_seq)
             log.info(
-                "gateway welcomed us",
+                "gateway_welcome",
                 extra=kv(gateway_id=welcome.gateway_id, last_agent_seq=welcome.last_agent_seq, outbox=len(self.outbox)),
             )
             self._welcomed.set()
@@ -258,20 +321,26 @@ class Uplink:
             self.metrics.uplink_refusals.inc()
             self.outbox.pop(refusal.refused_seq, None)
             self.metrics.uplink_outbox_size.set(len(self.outbox))
-            log.warning("gateway refused a message", extra=kv(refused_seq=refusal.refused_seq, reason=refusal.reason))
+            log.warning("gateway_refused_message", extra=kv(refused_seq=refusal.refused_seq, reason=refusal.reason))
         elif kind == "command":
             await self._on_command(message.command)
         if message.seq:
             self._session_gateway_seq = message.seq
             self.last_gateway_seq = message.seq
+            self._mark_ack_dirty()
+
+    def _mark_ack_dirty(self) -> None:
+        """We processed a gateway message: our ack_seq must reach the gateway (on the next write)."""
+        if not self._ack_dirty:
             self._ack_dirty = True
-            self._wake.set()
+            self._ack_dirty_since = time.monotonic()
+        self._wake.set()
 
     async def _on_command(self, command: dispatch_pb2.DispatchCommand) -> None:
         received_at = datetime.now(UTC)
         if command.command_id in self._seen_ids:
             self.metrics.commands_duplicate.inc()
-            log.info("duplicate command dropped", extra=kv(command_id=command.command_id))
+            log.info("duplicate_command_dropped", extra=kv(command_id=command.command_id))
             return
         self._seen_ids.add(command.command_id)
         self._seen_order.append(command.command_id)
@@ -280,7 +349,7 @@ class Uplink:
         try:
             await self.command_handler(command, received_at)
         except Exception:  # one bad command must not take the stream down
-            log.exception("command handler failed", extra=kv(command_id=command.command_id))
+            log.exception("command_handler_failed", extra=kv(command_id=command.command_id))
 
     def stop(self) -> None:
         """Make run() exit at its next step; cancel its task to close the stream now."""

@@ -1,5 +1,7 @@
-"""One activation's allocation and delivery bookkeeping. No I/O: the service feeds it site states,
-steps and acks, and publishes what it returns, so the tests can drive it step by step."""
+"""One activation's allocation and delivery bookkeeping (for the sites of one partition). No I/O: the
+service feeds it site states, steps and acks, and publishes what it returns, so the tests can drive it
+step by step. A step is closed against that step's own setpoints, once the telemetry that covers the
+step's end has arrived (agents send their samples in batches, so that can be after the next step)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class StepRecord:
     unallocated_kw: float
     delivered_kw: float | None = None
     acked_sites: set[str] = field(default_factory=set)
+    commanded_kw: dict[str, float] = field(default_factory=dict)  # each site's setpoint in this step
 
 
 @dataclass(frozen=True)
@@ -63,32 +66,42 @@ class ActivationTracker:
         """Portfolio delivery relative to the frozen baselines; a silent site counts as baseline."""
         return sum(actual_kw.get(site, run.baseline_kw) - run.baseline_kw for site, run in self.sites.items())
 
-    def close_step(self, actual_kw: dict[str, float], online: set[str]) -> StepRecord | None:
-        """End the latest open step: record delivery and judge each site against its setpoint."""
-        open_steps = [r for r in self.steps.values() if r.delivered_kw is None]
-        if not open_steps:
+    def open_steps(self) -> list[int]:
+        return sorted(r.step for r in self.steps.values() if r.delivered_kw is None)
+
+    def close_step(
+        self, actual_kw: dict[str, float], online: set[str], step: int | None = None
+    ) -> StepRecord | None:
+        """End ``step`` (default: the latest open one): record delivery (``actual_kw``: each site's
+        power at the step's end) and judge each site against its setpoint of that step."""
+        if step is None:
+            open_steps = self.open_steps()
+            if not open_steps:
+                return None
+            step = open_steps[-1]
+        record = self.steps.get(step)
+        if record is None or record.delivered_kw is not None:
             return None
-        record = max(open_steps, key=lambda r: r.step)
         record.delivered_kw = self.delivered_kw(actual_kw)
         for site, run in self.sites.items():
             if site not in online:
                 run.cap_up_kw = run.cap_down_kw = 0.0
                 continue
-            if run.commanded_kw is None or site not in actual_kw or abs(run.commanded_kw - run.baseline_kw) < 1e-6:
+            commanded_kw = record.commanded_kw.get(site)
+            if commanded_kw is None or site not in actual_kw or abs(commanded_kw - run.baseline_kw) < 1e-6:
                 continue
-            miss_kw = abs(run.commanded_kw - actual_kw[site])
-            allowed_kw = max(self.config.shortfall_abs_kw, self.config.shortfall_rel * abs(run.commanded_kw))
+            miss_kw = abs(commanded_kw - actual_kw[site])
+            allowed_kw = max(self.config.shortfall_abs_kw, self.config.shortfall_rel * abs(commanded_kw))
             run.strikes = run.strikes + 1 if miss_kw > allowed_kw else 0
             if run.strikes >= self.config.shortfall_strikes:
-                self._cap_to(run, actual_kw[site])
+                self._cap_to(run, actual_kw[site], commanded_kw)
                 run.strikes = 0
         return record
 
-    def _cap_to(self, run: SiteRun, achieved_kw: float) -> None:
+    def _cap_to(self, run: SiteRun, achieved_kw: float, commanded_kw: float) -> None:
         """The site only reaches ``achieved_kw``: from now on offer only what it showed it can do."""
-        assert run.commanded_kw is not None
         delta_kw = achieved_kw - run.baseline_kw
-        if run.commanded_kw > run.baseline_kw:
+        if commanded_kw > run.baseline_kw:
             run.cap_up_kw = max(0.0, min(run.cap_up_kw, delta_kw))
         else:
             run.cap_down_kw = max(0.0, min(run.cap_down_kw, -delta_kw))
@@ -100,9 +113,11 @@ class ActivationTracker:
         caps = {s: (r.cap_up_kw if setpoint_kw >= 0 else r.cap_down_kw) for s, r in self.sites.items()}
         allocation = allocate_proportional(setpoint_kw, caps)
         commands = []
+        commanded: dict[str, float] = {}
         for site, share_kw in allocation.per_site_kw.items():
             run = self.sites[site]
             run.commanded_kw = run.baseline_kw + share_kw
+            commanded[site] = run.commanded_kw
             command_id = uuid.uuid4().hex
             self.commands[command_id] = (step, site)
             commands.append(
@@ -114,7 +129,9 @@ class ActivationTracker:
                     battery_setpoint_kw=run.commanded_kw,
                 )
             )
-        self.steps[step] = StepRecord(step, setpoint_kw, issued_at_s, len(commands), allocation.unallocated_kw)
+        self.steps[step] = StepRecord(
+            step, setpoint_kw, issued_at_s, len(commands), allocation.unallocated_kw, commanded_kw=commanded
+        )
         return commands
 
     def on_ack(self, ack: dispatch_pb2.CommandAck) -> float | None:
@@ -131,8 +148,9 @@ class ActivationTracker:
         if ack.status == dispatch_pb2.ACK_STATUS_CLAMPED:
             self.clamped += 1
             run = self.sites[site]
-            if run.commanded_kw is not None and abs(ack.applied_kw - run.commanded_kw) > 1e-6:
-                self._cap_to(run, ack.applied_kw)
+            commanded_kw = record.commanded_kw.get(site)
+            if commanded_kw is not None and abs(ack.applied_kw - commanded_kw) > 1e-6:
+                self._cap_to(run, ack.applied_kw, commanded_kw)
         if not ack.HasField("written_at") or ack.status not in (
             dispatch_pb2.ACK_STATUS_APPLIED,
             dispatch_pb2.ACK_STATUS_CLAMPED,

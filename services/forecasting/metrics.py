@@ -31,7 +31,7 @@ FORECASTS_PUBLISHED = Counter(
 )
 MEASUREMENTS = Counter(
     "vpp_forecasting_measurements_total",
-    "Telemetry records by outcome (stored, duplicate, unavailable, unknown_site)",
+    "Telemetry samples by outcome (stored, duplicate, unavailable, unknown_site, invalid)",
     ["outcome"],
 )
 STORE_ERRORS = Counter("vpp_forecasting_store_errors_total", "Failed history store writes (retried)")

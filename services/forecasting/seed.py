@@ -105,6 +105,17 @@ def seed(store: HistoryStore, sites: Sequence[SiteConfig], days: int, now: datet
     return written
 
 
+def seed_missing(store: HistoryStore, sites: Sequence[SiteConfig], days: int, now: datetime) -> list[str]:
+    """Backfill ``days`` of the real series for the sites with no history at all (the demo's start)."""
+    if days <= 0:
+        return []
+    empty = [s for s in sites if store.last_slot(s.site_id) is None]
+    if not empty:
+        return []
+    seed(store, empty, days, now)
+    return [s.site_id for s in empty]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m forecasting.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--sites", required=True, help="sites JSON file (see forecasting.sites)")

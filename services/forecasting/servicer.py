@@ -1,17 +1,19 @@
-"""``vpp.v1.ForecastingService`` over grpc.aio: validate with pydantic, compute in a worker thread."""
+"""``vpp.v1.ForecastingService`` over grpc.aio: validate with pydantic, compute on the model thread.
+
+``GetForecast`` queues on the model thread (``forecasting.core.ModelThread``) behind whatever model work
+is running there, at most one site of a scheduled refresh; ``ListModels`` answers from the loop at once.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from concurrent.futures import Executor
 from typing import Annotated
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
 
-from forecasting.service import DEFAULT_QUANTILES, MAX_HORIZON_MIN, ForecastingCore, NoHistory
+from forecasting.core import DEFAULT_QUANTILES, MAX_HORIZON_MIN, ModelThread
+from forecasting.selection import NoHistory
 from vpp_common.grpc_server import validated
 from vpp_common.logs import get_logger
 
@@ -58,10 +60,9 @@ def request_model(site_ids: frozenset[str]) -> type[ForecastRequest]:
 
 
 class ForecastingServicer(forecasting_pb2_grpc.ForecastingServiceServicer):
-    def __init__(self, core: ForecastingCore, executor: Executor) -> None:
-        self._core = core
-        self._executor = executor
-        self._request = request_model(frozenset(core.sites))
+    def __init__(self, models: ModelThread) -> None:
+        self._models = models
+        self._request = request_model(frozenset(models.site_ids))
 
     async def GetForecast(
         self, request: forecasting_pb2.GetForecastRequest, context: grpc.aio.ServicerContext
@@ -76,10 +77,8 @@ class ForecastingServicer(forecasting_pb2_grpc.ForecastingServiceServicer):
             },
             context,
         )
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._core.forecast, req.site_id, req.stream, req.horizon_minutes, req.quantiles)
         try:
-            return await loop.run_in_executor(self._executor, call)
+            return await self._models.forecast(req.site_id, req.stream, req.horizon_minutes, req.quantiles)
         except NoHistory as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise  # unreachable: abort raises
@@ -87,4 +86,4 @@ class ForecastingServicer(forecasting_pb2_grpc.ForecastingServiceServicer):
     async def ListModels(
         self, request: forecasting_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> forecasting_pb2.ListModelsResponse:
-        return forecasting_pb2.ListModelsResponse(models=self._core.model_infos())
+        return forecasting_pb2.ListModelsResponse(models=self._models.model_infos())

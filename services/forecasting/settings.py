@@ -41,7 +41,7 @@ class ForecastingSettings(ServiceSettings):
     dedupe_window_s: float = Field(default=6 * 3600.0, ge=60.0, le=30 * 86_400.0)
 
     # Dependence assumed when quantile sets are combined by sampling (NET stream and the portfolio):
-    # correlation of the forecast errors in a Gaussian copula (see service.py, combine.py).
+    # correlation of the forecast errors in a Gaussian copula (see core.py, combine.py).
     pv_load_error_corr: float = Field(default=0.0, ge=-0.99, le=0.99)
     pv_inter_site_error_corr: float = Field(default=0.8, ge=0.0, le=0.99)
     load_inter_site_error_corr: float = Field(default=0.1, ge=0.0, le=0.99)
@@ -52,11 +52,9 @@ class ForecastingSettings(ServiceSettings):
     # LightGBM threads per fit. 1 by default: OpenMP threads spinning on a busy 2-core host made a
     # 2-second fit take a minute (measured); parallelism comes from fitting sites one after another.
     model_threads: int = Field(default=1, ge=1, le=64)
-    # Worker threads for the scheduled refresh and on-demand GetForecast calls: every fit and prediction
-    # runs in them, never on the event loop. One refresh runs at a time; the rest serve gRPC meanwhile.
-    worker_threads: int = Field(default=2, ge=2, le=32)
-    # Telemetry stamped further ahead of this service's clock is refused (dead-lettered): a slot in the
-    # future would be read as history by every later fit.
+    # Telemetry stamped further ahead of this service's clock is refused (counted as invalid and logged;
+    # the good samples of its batch are kept): a slot in the future would be read as history by every
+    # later fit.
     max_clock_skew_s: float = Field(default=300.0, ge=0.0, le=86_400.0)
 
     @field_validator("store_url")

@@ -5,23 +5,30 @@ One code path (SQLAlchemy 2 Core) for SQLite (embedded default; a file or in-mem
 way in SQLAlchemy, so the statements are built by one function per dialect name.
 
 Idempotence: each slot row keeps *sums and a sample count* (``pv_sum_kw``, ``load_sum_kw``, ``n_samples``),
-and the mean is computed on read. A telemetry record is added only if its Envelope ``message_id`` is new:
-the id is inserted into ``seen_messages`` with ``ON CONFLICT DO NOTHING`` in the same transaction as the
-slot increment, so a re-delivered Kafka record (consumer restart before commit) changes nothing. The seen
+and the mean is computed on read. A telemetry sample is added only if its ``message_id`` (the per-sample
+id of ``TelemetryRecord``) is new: the ids are inserted into ``seen_messages`` with ``ON CONFLICT DO
+NOTHING`` in the same transaction as the slot increments, so a re-delivered Kafka record (consumer
+restart before commit) changes nothing. ``add_measurements`` writes one Kafka record's samples in one
+transaction: all or nothing, whatever the database does meanwhile. The seen
 ids are a bounded window: ids older than ``dedupe_window_s`` are pruned (``prune_seen``), since Kafka
 re-delivers uncommitted records within minutes, not days. Backfilled slot means (``put_slot_means``) replace
 the slot outright, so re-running the seed is idempotent too.
 
 Times are stored as integer UTC epoch seconds of the slot start: portable and free of time-zone handling
 differences between SQLite and PostgreSQL.
+
+Threads: a ``HistoryStore`` holds no mutable state of its own after construction; concurrent calls are
+isolated by the database (SQLAlchemy's connection pool, SQLite's busy timeout and WAL, PostgreSQL's
+transactions). The service writes from one thread only (its store writer, see ``forecasting.service``),
+so SQLite never has two writers to arbitrate; in-memory SQLite (one connection shared by every thread)
+must be written from one thread at a time.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +59,8 @@ log = get_logger(__name__)
 
 SLOT_S = 15 * 60
 SLOT = pd.Timedelta(seconds=SLOT_S)
+# Rows per multi-row INSERT: well under SQLite's bound-parameter limit, big enough for one Kafka record.
+_ROWS_PER_STATEMENT = 1000
 
 
 class StoreUnavailable(RuntimeError):
@@ -87,8 +96,7 @@ def slot_start_s(when: datetime | pd.Timestamp) -> int:
 
 
 class HistoryStore:
-    """Slot aggregates behind one SQLAlchemy engine. Thread-safe: the Kafka consumer thread writes while
-    the scheduler and gRPC executor threads read."""
+    """Slot aggregates behind one SQLAlchemy engine (see the module docstring for threads)."""
 
     def __init__(self, url: str, *, table_prefix: str = "forecast_") -> None:
         self.url = url
@@ -96,8 +104,6 @@ class HistoryStore:
         self._dialect = self.engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"store_url: unsupported database {self._dialect!r}; use sqlite or postgresql")
-        # SQLite allows one writer at a time; serialising writes here avoids "database is locked" retries.
-        self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
         self.metadata = MetaData()
         self.slots = Table(
             f"{table_prefix}slots",
@@ -123,9 +129,11 @@ class HistoryStore:
         try:
             self.metadata.create_all(self.engine)
         except Exception as exc:  # the driver's error names host/port; add which setting to fix
+            # One line: the driver's own message (not SQLAlchemy's wrapper with its help link), joined.
+            detail = " ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines())
             raise StoreUnavailable(
-                f"cannot open the history store {self.engine.url.render_as_string(hide_password=True)}: {exc}; "
-                "check VPP_STORE_URL and that the database is running"
+                f"cannot open the history store {self.engine.url.render_as_string(hide_password=True)}: "
+                f"{detail.strip()}; check VPP_STORE_URL and that the database is running"
             ) from exc
 
     def drop_schema(self) -> None:
@@ -138,22 +146,44 @@ class HistoryStore:
 
     def add_measurement(self, m: Measurement, *, now_s: float | None = None) -> bool:
         """Add one snapshot to its slot's sums; False (and no change) if its message id was seen before."""
-        pv = _finite_or_none(m.pv_power_kw)
-        load = _finite_or_none(m.load_power_kw)
+        return self.add_measurements([m], now_s=now_s) == 1
+
+    def add_measurements(self, measurements: Sequence[Measurement], *, now_s: float | None = None) -> int:
+        """Add snapshots to their slots' sums in one transaction; returns how many were new.
+
+        A snapshot whose message id was seen before (stored earlier, or earlier in ``measurements``)
+        changes nothing. Ids and slots are written in sorted order, so two transactions touching the same
+        rows (a record re-delivered to another replica) lock them in the same order and cannot deadlock.
+        """
+        first: dict[str, Measurement] = {}
+        for m in measurements:
+            first.setdefault(m.message_id, m)
+        if not first:
+            return 0
         seen_at_s = time.time() if now_s is None else now_s
-        mark_seen = self._insert(self.seen).values(message_id=m.message_id, seen_at_s=seen_at_s)
-        # RETURNING, not rowcount: drivers disagree on rowcount for a skipped ON CONFLICT row.
-        mark_seen = mark_seen.on_conflict_do_nothing(index_elements=["message_id"]).returning(self.seen.c.message_id)
-        ins = self._insert(self.slots).values(
-            site_id=m.site_id,
-            slot_start_s=slot_start_s(m.measured_at),
-            pv_sum_kw=pv,
-            pv_n=0 if pv is None else 1,
-            load_sum_kw=load,
-            load_n=0 if load is None else 1,
-        )
+        with self.engine.begin() as conn:
+            new_ids: set[str] = set()
+            ids = sorted(first)
+            for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+                rows = [{"message_id": mid, "seen_at_s": seen_at_s} for mid in ids[start : start + _ROWS_PER_STATEMENT]]
+                mark_seen = self._insert(self.seen).values(rows)
+                # RETURNING, not rowcount: drivers disagree on rowcount for skipped ON CONFLICT rows.
+                mark_seen = mark_seen.on_conflict_do_nothing(index_elements=["message_id"]).returning(
+                    self.seen.c.message_id
+                )
+                new_ids.update(str(mid) for mid in conn.execute(mark_seen).scalars())
+            if not new_ids:
+                return 0
+            slots = _slot_sums(first[mid] for mid in ids if mid in new_ids)
+            for start in range(0, len(slots), _ROWS_PER_STATEMENT):
+                conn.execute(self._slot_increment(slots[start : start + _ROWS_PER_STATEMENT]))
+        return len(new_ids)
+
+    def _slot_increment(self, rows: list[dict[str, Any]]) -> Any:
+        """INSERT the slot rows, or add their sums and counts to the existing ones."""
+        ins = self._insert(self.slots).values(rows)
         c = self.slots.c
-        upsert = ins.on_conflict_do_update(
+        return ins.on_conflict_do_update(
             index_elements=[c.site_id, c.slot_start_s],
             set_={
                 # NULL + x is NULL in SQL: coalesce keeps a slot's sum when one quantity was missing.
@@ -163,11 +193,6 @@ class HistoryStore:
                 "load_n": c.load_n + ins.excluded.load_n,
             },
         )
-        with self._writing(), self.engine.begin() as conn:
-            if conn.execute(mark_seen).first() is None:
-                return False
-            conn.execute(upsert)
-        return True
 
     def put_slot_means(self, site_id: str, frame: pd.DataFrame) -> int:
         """Write slot means (columns ``pv_kw``, ``load_kw``; tz-aware slot-start index), replacing those slots.
@@ -195,14 +220,14 @@ class HistoryStore:
             index_elements=[self.slots.c.site_id, self.slots.c.slot_start_s],
             set_={name: ins.excluded[name] for name in ("pv_sum_kw", "pv_n", "load_sum_kw", "load_n")},
         )
-        with self._writing(), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             for start in range(0, len(rows), 2000):
                 conn.execute(upsert, rows[start : start + 2000])
         return len(rows)
 
     def prune_seen(self, older_than_s: float) -> int:
         """Forget message ids seen before ``older_than_s`` (epoch seconds); returns how many."""
-        with self._writing(), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             return int(conn.execute(delete(self.seen).where(self.seen.c.seen_at_s < older_than_s)).rowcount)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -262,17 +287,6 @@ class HistoryStore:
         """The dialect's INSERT, which has ``on_conflict_do_*`` (same API for SQLite and PostgreSQL)."""
         return sqlite.insert(table) if self._dialect == "sqlite" else postgresql.insert(table)
 
-    def _writing(self) -> Any:
-        return self._write_lock if self._write_lock is not None else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -294,6 +308,31 @@ def _make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+
+
+def _slot_sums(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:
+    """One row per (site, slot): the sums and counts of the given snapshots, sorted by site and slot.
+
+    PostgreSQL refuses an upsert that touches one row twice, so samples of a slot are summed here."""
+    sums: dict[tuple[str, int], dict[str, Any]] = {}
+    for m in measurements:
+        key = (m.site_id, slot_start_s(m.measured_at))
+        row = sums.get(key)
+        if row is None:
+            row = sums[key] = {
+                "site_id": key[0],
+                "slot_start_s": key[1],
+                "pv_sum_kw": None,
+                "pv_n": 0,
+                "load_sum_kw": None,
+                "load_n": 0,
+            }
+        for name, value in (("pv", m.pv_power_kw), ("load", m.load_power_kw)):
+            number = _finite_or_none(value)
+            if number is not None:
+                row[f"{name}_sum_kw"] = (row[f"{name}_sum_kw"] or 0.0) + number
+                row[f"{name}_n"] += 1
+    return [sums[key] for key in sorted(sums)]
 
 
 def _finite_or_none(value: Any) -> float | None:

@@ -1,7 +1,6 @@
 """Per-site stream state on this replica: sequence numbers both ways, unacked commands, dedupe.
 
-Everything here runs on the event loop; the Kafka consumer thread hands commands over with
-``call_soon_threadsafe``.
+Everything here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -17,21 +16,29 @@ from vpp.v1 import dispatch_pb2, gateway_pb2
 @dataclass
 class SiteSession:
     site_id: str
+    partition: int
     connected_at: float
     limit: int
     # Unbounded so the end-of-stream sentinel (None) always fits; ``offer`` enforces ``limit``.
     outbound: asyncio.Queue[gateway_pb2.GatewayMessage | None] = field(default_factory=asyncio.Queue)
     messages_in: int = 0
     commands_out: int = 0
+    in_flight: asyncio.Future[None] | None = None  # the record holding this site's latest queued entries
+    failure: BaseException | None = None  # a write to Kafka failed: the stream ends UNAVAILABLE
+    ended: bool = False
 
     def offer(self, msg: gateway_pb2.GatewayMessage) -> bool:
         """Queue a message for the agent unless it is already ``limit`` behind."""
-        if self.outbound.qsize() >= self.limit:
+        if self.ended or self.outbound.qsize() >= self.limit:
             return False
         self.outbound.put_nowait(msg)
         return True
 
-    def end(self) -> None:
+    def end(self, failure: BaseException | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.failure = failure
         self.outbound.put_nowait(None)
 
 
@@ -40,7 +47,8 @@ class SiteLedger:
     """What this replica remembers about a site across its reconnects."""
 
     agent_epoch: str = ""
-    last_agent_seq: int = 0          # highest AgentMessage.seq durably written to Kafka
+    last_agent_seq: int = 0  # highest AgentMessage seq durably written to Kafka (what we ack)
+    queued_seq: int = 0  # highest seq handed to a Kafka batch (written or on its way)
     next_gateway_seq: int = 1
     last_acked_gateway_seq: int = 0
     unacked: OrderedDict[int, gateway_pb2.GatewayMessage] = field(default_factory=OrderedDict)
@@ -54,10 +62,10 @@ class SessionRegistry:
         self.sessions: dict[str, SiteSession] = {}
         self.ledgers: dict[str, SiteLedger] = {}
 
-    def open(self, site_id: str) -> tuple[SiteSession, SiteLedger, SiteSession | None]:
+    def open(self, site_id: str, partition: int) -> tuple[SiteSession, SiteLedger, SiteSession | None]:
         """A new stream for a site replaces any older one (the agent reconnected): returns the old."""
         old = self.sessions.get(site_id)
-        session = SiteSession(site_id, time.time(), self._queue_size)
+        session = SiteSession(site_id, partition, time.time(), self._queue_size)
         self.sessions[site_id] = session
         ledger = self.ledgers.setdefault(site_id, SiteLedger())
         ledger.connects += 1
@@ -80,5 +88,8 @@ class SessionRegistry:
         if ack_seq <= ledger.last_acked_gateway_seq:
             return
         ledger.last_acked_gateway_seq = ack_seq
-        for seq in [s for s in ledger.unacked if s <= ack_seq]:
+        while ledger.unacked:
+            seq = next(iter(ledger.unacked))
+            if seq > ack_seq:
+                break
             del ledger.unacked[seq]

@@ -47,6 +47,45 @@ def wrap(payload: Message, *, source: str, site_id: str = "", message_id: str | 
     return env
 
 
+_SMALL_VARINTS = [bytes((n,)) for n in range(128)]
+_TAGS: dict[int, bytes] = {}
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    if value < 128:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited field (a sub-message, bytes or string) as it is on the wire."""
+    tag = _TAGS.get(field_number)
+    if tag is None:
+        tag = _TAGS[field_number] = varint(field_number << 3 | 2)
+    return tag + varint(len(payload)) + payload
+
+
+def wrap_serialized(payload_field: str, payload: bytes, *, source: str, message_id: str | None = None) -> bytes:
+    """An Envelope's bytes around an already serialized payload, without parsing or copying it.
+
+    Protobuf parses concatenated encodings as one message, so the envelope's own fields followed by
+    the payload's field are exactly what ``wrap(...).SerializeToString()`` would give. The gateway
+    uses it to build batch records straight from the bytes of each sample.
+    """
+    field = envelope_pb2.Envelope.DESCRIPTOR.fields_by_name[payload_field]
+    head = envelope_pb2.Envelope(
+        schema_version=SCHEMA_VERSION, message_id=message_id or uuid.uuid4().hex, source=source
+    )
+    head.produced_at.CopyFrom(now_timestamp())
+    return head.SerializeToString() + length_delimited(field.number, payload)
+
+
 def unwrap(raw: bytes | None, expected_payload: str | None = None) -> envelope_pb2.Envelope:
     """Parse a record value; ``expected_payload`` is the oneof field name the topic carries."""
     if not raw:

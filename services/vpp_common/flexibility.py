@@ -6,6 +6,9 @@ Pure functions, no I/O. Sign convention: battery power > 0 discharges ("up"), < 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,12 @@ def battery_flexibility(state: BatteryState, interval_h: float, efficiency: floa
 
 
 @dataclass(frozen=True)
-class Allocation:
-    per_site_kw: dict[str, float]
+class Allocation(Generic[K]):
+    per_site_kw: dict[K, float]  # per site (or per partition: the split is the same at every level)
     unallocated_kw: float  # part of the request no site could take (> 0 means the portfolio is short)
 
 
-def allocate_proportional(request_kw: float, capacity_kw: dict[str, float]) -> Allocation:
+def allocate_proportional(request_kw: float, capacity_kw: dict[K, float]) -> Allocation[K]:
     """Split a request over sites in proportion to each site's headroom in that direction.
 
     ``capacity_kw`` holds non-negative headroom magnitudes for the request's direction. Shares are
@@ -73,3 +76,26 @@ def allocate_proportional(request_kw: float, capacity_kw: dict[str, float]) -> A
     ratio = served_kw / total_kw
     shares = {site: sign * min(cap, cap * ratio) for site, cap in caps.items()}
     return Allocation(shares, sign * (magnitude_kw - served_kw))
+
+
+def battery_flexibility_intervals(
+    state: BatteryState, intervals_h: tuple[float, ...], efficiency: float = 0.95
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """``battery_flexibility`` for several intervals at once: (energy_up_kwh, energy_down_kwh,
+    [(up_kw, down_kw) per interval]). Same formulas, computed once per sample for every interval
+    aggregation maintains totals for."""
+    if not state.online or state.capacity_kwh <= 0:
+        return 0.0, 0.0, [(0.0, 0.0)] * len(intervals_h)
+    soc = min(max(state.soc_pct, 0.0), 100.0)
+    energy_up_kwh = max(0.0, (soc - state.soc_min_pct) / 100.0 * state.capacity_kwh) * efficiency
+    energy_down_kwh = max(0.0, (state.soc_max_pct - soc) / 100.0 * state.capacity_kwh) / efficiency
+    power_kw = state.battery_power_kw
+    out = []
+    for interval_h in intervals_h:
+        if interval_h <= 0:
+            out.append((0.0, 0.0))
+            continue
+        max_up_abs_kw = max(0.0, min(state.max_discharge_kw, energy_up_kwh / interval_h))
+        max_down_abs_kw = max(0.0, min(state.max_charge_kw, energy_down_kwh / interval_h))
+        out.append((max(0.0, max_up_abs_kw - power_kw), max(0.0, max_down_abs_kw + power_kw)))
+    return energy_up_kwh, energy_down_kwh, out

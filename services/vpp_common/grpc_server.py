@@ -1,13 +1,17 @@
-"""gRPC bootstrap: a ``grpc.aio`` server with the standard health and reflection services and a
-Prometheus interceptor, plus the one way to turn bad request fields into INVALID_ARGUMENT."""
+"""gRPC bootstrap: a ``grpc.aio`` server with the standard health and reflection services and one
+interceptor that counts and times calls and answers request bytes that do not decode with
+INVALID_ARGUMENT (grpc would say UNKNOWN), plus the one way to turn bad request fields into
+INVALID_ARGUMENT naming the field."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ValidationError
@@ -19,8 +23,35 @@ M = TypeVar("M", bound=BaseModel)
 _SKIP_METRICS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+class Undecodable:
+    """What the tolerant deserializer hands over for bytes that are not the method's request message."""
+
+    def __init__(self, message: str, error: BaseException) -> None:
+        self.message = message
+        self.error = error
+
+    def detail(self) -> str:
+        return f"request: the bytes are not a valid {self.message} ({self.error}); send the serialized request message"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            return Undecodable(name, exc)
+
+    return deserialize
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every call by method and status code and times it; health and reflection are left out."""
+    """Counts every call by method and status code and times it (health and reflection are left out),
+    and answers undecodable request bytes of every unary method with INVALID_ARGUMENT."""
 
     async def intercept_service(
         self,
@@ -29,20 +60,40 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_SKIP_METRICS):
+        if handler is None:
             return handler
+        observed = not method.startswith(_SKIP_METRICS)
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
                 try:
+                    if isinstance(request, Undecodable):
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.detail())
                     return await inner_uu(request, context)
+                finally:
+                    if observed:
+                        _observe(method, context, started)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        if not observed:
+            return handler
+        if handler.stream_stream and not inspect.isasyncgenfunction(handler.stream_stream):
+            # A stream handler written with context.read/write: wrapped once per call, not per message.
+            inner_co = handler.stream_stream
+
+            async def stream_call(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+                started = time.perf_counter()
+                try:
+                    await inner_co(request_iterator, context)
                 finally:
                     _observe(method, context, started)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+            return grpc.stream_stream_rpc_method_handler(
+                stream_call, handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_stream:
             inner_ss = handler.stream_stream
@@ -122,6 +173,19 @@ class GrpcServer:
             return
         await self.not_serving()
         await self.server.stop(grace_s)
+
+
+# protobuf's Timestamp range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z
+TIMESTAMP_MIN_S = -62_135_596_800
+TIMESTAMP_MAX_S = 253_402_300_799
+
+
+def timestamp_ns(ts: Timestamp) -> int | None:
+    """Nanoseconds since the epoch, or None if ``ts`` is outside protobuf's Timestamp range (a request
+    field to refuse: converting it would raise deep in the handler and answer UNKNOWN)."""
+    if not (TIMESTAMP_MIN_S <= ts.seconds <= TIMESTAMP_MAX_S) or not (0 <= ts.nanos < 1_000_000_000):
+        return None
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
 
 
 async def validated(model: type[M], data: dict[str, Any], context: grpc.aio.ServicerContext) -> M:

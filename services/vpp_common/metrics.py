@@ -27,6 +27,15 @@ KAFKA_COMMITTED_OFFSET = Gauge(
     "Last committed offset (compare with producers' counts for lag)",
     ["topic", "partition"],
 )
+KAFKA_CONSUMER_LAG = Gauge(
+    "vpp_kafka_consumer_lag_records",
+    "High watermark (from the last fetch) minus the next offset to handle",
+    ["topic", "partition"],
+)
+KAFKA_PARTITIONS_OWNED = Gauge(
+    "vpp_kafka_partitions_owned", "Partitions this replica's consumer group member owns", ["consumer", "topic"]
+)
+CONSUMER_UP = Gauge("vpp_kafka_consumer_up", "1 while the consumer runs, 0 once it died", ["consumer"])
 GRPC_REQUESTS = Counter("vpp_grpc_requests_total", "gRPC requests handled", ["method", "code"])
 GRPC_LATENCY = Histogram(
     "vpp_grpc_request_seconds", "gRPC request handling time", ["method"], buckets=LATENCY_BUCKETS_S

@@ -1,10 +1,12 @@
-"""Latest telemetry per site, shared by the services that need live site state (aggregation,
-dispatch). Written by a Kafka consumer thread, read by gRPC handlers: guarded by a lock."""
+"""Latest telemetry per site of one partition: the live site state dispatch allocates from.
+
+Lives on the event loop of the replica that owns the partition; no locks.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from vpp.v1 import telemetry_pb2
@@ -19,30 +21,46 @@ class SiteReading:
 
 
 class SiteTable:
-    def __init__(self, stale_after_s: float = 10.0) -> None:
-        self._lock = threading.Lock()
+    """The newest reading per site, plus the last ``history`` readings so a step can be measured at its
+    end even when the samples covering it arrive later (agents batch them)."""
+
+    def __init__(self, stale_after_s: float = 10.0, history: int = 16) -> None:
         self._latest: dict[str, SiteReading] = {}
+        self._history: dict[str, deque[SiteReading]] = {}
+        self._keep = history
         self.stale_after_s = stale_after_s
 
     def update(self, telemetry: telemetry_pb2.Telemetry) -> bool:
         """Keep the newest reading per site; False for an out-of-order or replayed one."""
         if not telemetry.site_id:
             raise ValueError("telemetry.site_id is empty")
-        measured_at_s = telemetry.measured_at.ToNanoseconds() / 1e9
-        with self._lock:
-            current = self._latest.get(telemetry.site_id)
-            if current is not None and current.measured_at_s >= measured_at_s:
-                return False
-            self._latest[telemetry.site_id] = SiteReading(telemetry, measured_at_s)
-            return True
+        measured_at_s = telemetry.measured_at.seconds + telemetry.measured_at.nanos / 1e9
+        current = self._latest.get(telemetry.site_id)
+        if current is not None and current.measured_at_s >= measured_at_s:
+            return False
+        reading = SiteReading(telemetry, measured_at_s)
+        self._latest[telemetry.site_id] = reading
+        history = self._history.get(telemetry.site_id)
+        if history is None:
+            history = self._history[telemetry.site_id] = deque(maxlen=self._keep)
+        history.append(reading)
+        return True
+
+    def reading_at(self, site_id: str, at_s: float) -> SiteReading | None:
+        """The newest reading measured at or before ``at_s``."""
+        for reading in reversed(self._history.get(site_id, ())):
+            if reading.measured_at_s <= at_s:
+                return reading
+        return None
 
     def readings(self) -> dict[str, SiteReading]:
-        with self._lock:
-            return dict(self._latest)
+        return self._latest
 
     def get(self, site_id: str) -> SiteReading | None:
-        with self._lock:
-            return self._latest.get(site_id)
+        return self._latest.get(site_id)
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
     def is_online(self, reading: SiteReading, now_s: float | None = None) -> bool:
         now_s = time.time() if now_s is None else now_s

@@ -1,33 +1,66 @@
-"""The platform's Kafka topics: one place for names, keys and partition counts (README has the table)."""
+"""The platform's Kafka topics: one place for names, payloads and partition counts (README has the table).
+
+Site topics (telemetry, commands, acks) and the aggregation partials are partitioned by site with the
+same partition count (``ServiceSettings.site_partitions``), so partition ``p`` of each holds the same
+sites: the replica that owns a partition's telemetry also owns its acks and its partial.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+SITE_PARTITIONED = 0  # partitions: the configured site partition count
 
 
 @dataclass(frozen=True)
 class Topic:
     name: str
     key: str
-    payload: str
-    partitions: int
+    payload: str  # the Envelope oneof field every record of the topic carries
+    partitions: int  # SITE_PARTITIONED for site topics
+    # Topic configuration for Apache Kafka (the embedded Tansu ignores retention and compaction).
+    config: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def partition_count(self, site_partitions: int) -> int:
+        return site_partitions if self.partitions == SITE_PARTITIONED else self.partitions
 
 
-TELEMETRY = Topic("vpp.telemetry.v1", "site_id", "Telemetry", 6)
-COMMANDS = Topic("vpp.dispatch.commands.v1", "site_id", "DispatchCommand", 6)
-ACKS = Topic("vpp.dispatch.acks.v1", "site_id", "CommandAck", 6)
-TRACKING = Topic("vpp.dispatch.tracking.v1", "activation_id", "TrackingSample", 1)
-ACTIVATIONS = Topic("vpp.market.activations.v1", "portfolio_id", "Activation", 1)
-BIDS = Topic("vpp.market.bids.v1", "portfolio_id", "Bid", 1)
-AWARDS = Topic("vpp.market.awards.v1", "portfolio_id", "Award", 1)
-FLEXIBILITY = Topic("vpp.flexibility.v1", "portfolio_id", "PortfolioFlexibility", 1)
-FORECASTS = Topic("vpp.forecasts.v1", "site_id", "Forecast", 6)
-DEAD_LETTER = Topic("vpp.deadletter.v1", "original key", "raw bytes + error headers", 1)
+_HOURS_6_MS = str(6 * 3600 * 1000)
+_DAYS_7_MS = str(7 * 24 * 3600 * 1000)
+
+TELEMETRY = Topic(
+    "vpp.telemetry.v1", "(partition by site)", "telemetry_batch", SITE_PARTITIONED, {"retention.ms": _DAYS_7_MS}
+)
+COMMANDS = Topic(
+    "vpp.dispatch.commands.v1", "(partition by site)", "command_batch", SITE_PARTITIONED, {"retention.ms": _HOURS_6_MS}
+)
+ACKS = Topic("vpp.dispatch.acks.v1", "(partition by site)", "ack_batch", SITE_PARTITIONED, {"retention.ms": _DAYS_7_MS})
+PARTIALS = Topic(
+    "vpp.aggregation.partials.v1",
+    "site partition",
+    "partition_flexibility",
+    SITE_PARTITIONED,
+    {"cleanup.policy": "compact"},
+)
+PLANS = Topic("vpp.dispatch.plans.v1", "activation_id", "step_plan", 1, {"retention.ms": _DAYS_7_MS})
+PARTITION_STEPS = Topic(
+    "vpp.dispatch.partition-steps.v1", "activation_id", "partition_step", 1, {"retention.ms": _DAYS_7_MS}
+)
+TRACKING = Topic("vpp.dispatch.tracking.v1", "activation_id", "tracking", 1)
+ACTIVATIONS = Topic("vpp.market.activations.v1", "portfolio_id", "activation", 1)
+BIDS = Topic("vpp.market.bids.v1", "portfolio_id", "bid", 1)
+AWARDS = Topic("vpp.market.awards.v1", "portfolio_id", "award", 1)
+FLEXIBILITY = Topic("vpp.flexibility.v1", "portfolio_id", "flexibility", 1)
+FORECASTS = Topic("vpp.forecasts.v1", "site_id", "forecast", 6)
+DEAD_LETTER = Topic("vpp.deadletter.v1", "original key", "(raw bytes + error headers)", 1)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     TELEMETRY,
     COMMANDS,
     ACKS,
+    PARTIALS,
+    PLANS,
+    PARTITION_STEPS,
     TRACKING,
     ACTIVATIONS,
     BIDS,

@@ -33,10 +33,10 @@ from vpp.v1 import (
     market_api_pb2_grpc,
 )
 
-from vpp_common.process import exit_on_sigterm
 from vpp_demo.plots import plot_forecasts, plot_tracking
 from vpp_demo.stack import Stack, retry_warming
 from vpp_demo.telemetry_tap import TelemetryTap
+from vpp_devtools.process import exit_on_sigterm
 
 
 def say(msg: str = "") -> None:
@@ -53,11 +53,12 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         time.sleep(10)
         agg = aggregation_pb2_grpc.AggregationServiceStub(stack.channel("aggregation"))
         flex = agg.GetPortfolioFlexibility(
-            aggregation_pb2.GetPortfolioFlexibilityRequest(interval_minutes=2), timeout=5
+            aggregation_pb2.GetPortfolioFlexibilityRequest(interval_minutes=2, include_sites=True), timeout=5
         )
         gw = gateway_pb2_grpc.EdgeGatewayStub(stack.channel("gateway"))
         connected = gw.ListConnectedSites(gateway_pb2.ListConnectedSitesRequest(), timeout=5)
-        say("Sites (live, from telemetry)                        battery      flexibility (2 min)")
+        head = "Sites (live, from telemetry)                        battery      flexibility"
+        say(f"{head} ({flex.interval_minutes} min)")
         say(f"{'site':<12}{'online':>7}{'PV kWp':>8}{'SoC %':>7}{'batt kW':>9}{'max kW':>8}{'up kW':>9}{'down kW':>9}")
         specs = {s.site_id: s for s in stack.sites}
         for s in flex.sites:

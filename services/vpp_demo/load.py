@@ -13,8 +13,8 @@ from pathlib import Path
 
 from vpp.v1 import bidding_pb2, bidding_pb2_grpc, common_pb2, forecasting_pb2, forecasting_pb2_grpc
 
-from vpp_common.process import exit_on_sigterm
 from vpp_demo.stack import Stack, retry_warming
+from vpp_devtools.process import exit_on_sigterm
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.auth import site_token
-from vpp_common.broker import EmbeddedBroker
-from vpp_common.netutil import free_port, wait_for_port
-from vpp_common.process import die_with_parent
 from vpp_demo.profiles import write_profiles
 from vpp_demo.sites import DEMO_SITES, SiteSpec
+from vpp_devtools.broker import EmbeddedBroker
+from vpp_devtools.netutil import free_port, wait_for_port
+from vpp_devtools.process import die_with_parent
 
 SERVICES = ("aggregation", "dispatch", "bidding", "market", "gateway", "forecasting")
 DEMO_SECRET = "demo-secret-do-not-use-in-production"
@@ -61,9 +61,13 @@ class Stack:
     progress: Progress = lambda msg: print(msg, file=sys.stderr, flush=True)
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Replicas per service (default 1): replica i runs as "<service>-<i>" with its own ports and
+    # VPP_INSTANCE_ID; ``ports[service]`` is replica 0's, ``replica_ports[service]`` all of them.
+    replicas: dict[str, int] = field(default_factory=dict)
     broker: EmbeddedBroker | None = None
     procs: list[Proc] = field(default_factory=list)
     ports: dict[str, ServicePorts] = field(default_factory=dict)
+    replica_ports: dict[str, list[ServicePorts]] = field(default_factory=dict)
     site_ports: dict[str, SitePorts] = field(default_factory=dict)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -79,12 +83,18 @@ class Stack:
             write_profiles(self.sites, self.workdir)
             self.progress(f"[2/4] starting {len(self.services)} services: {', '.join(self.services)}")
             for name in self.services:
-                self.ports[name] = ServicePorts(free_port(), free_port())
+                self.replica_ports[name] = [
+                    ServicePorts(free_port(), free_port()) for _ in range(self.replicas.get(name, 1))
+                ]
+                self.ports[name] = self.replica_ports[name][0]
             for name in self.services:
-                self._spawn(name, [sys.executable, "-m", name], self._service_env(name))
+                for i in range(len(self.replica_ports[name])):
+                    self.start_replica(name, i)
             for name in self.services:
-                self._wait_serving(name, timeout_s=90)
-                self.progress(f"      {name:<12} gRPC :{self.ports[name].grpc}  metrics :{self.ports[name].metrics}")
+                for i, ports in enumerate(self.replica_ports[name]):
+                    self._wait_serving(self.replica_name(name, i), ports, timeout_s=90)
+                    label = self.replica_name(name, i) if len(self.replica_ports[name]) > 1 else name
+                    self.progress(f"      {label:<14} gRPC :{ports.grpc}  metrics :{ports.metrics}")
             if self.sites:
                 self.progress(f"[3/4] starting {len(self.sites)} sites (device simulator + edge agent each)")
                 for site in self.sites:
@@ -95,6 +105,33 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def replica_count(self, service: str) -> int:
+        return len(self.replica_ports.get(service, [])) or 1
+
+    def replica_name(self, service: str, index: int) -> str:
+        return service if len(self.replica_ports.get(service, [])) <= 1 else f"{service}-{index}"
+
+    def start_replica(self, service: str, index: int) -> Proc:
+        """(Re)start one replica of a service on its ports (tests stop and start replicas)."""
+        return self._spawn(
+            self.replica_name(service, index), [sys.executable, "-m", service], self._service_env(service, index)
+        )
+
+    def proc(self, name: str) -> Proc:
+        """The newest process of that name (``gateway``, ``aggregation-1``, ``agent-site-1`` ...)."""
+        return [p for p in self.procs if p.name == name][-1]
+
+    def stop_proc(self, name: str, timeout_s: float = 15.0) -> int:
+        """SIGTERM one process and wait for it; returns its exit code."""
+        proc = self.proc(name)
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+        try:
+            return proc.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            return proc.popen.wait(5)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -126,14 +163,30 @@ class Stack:
         assert self.broker is not None
         return self.broker.bootstrap_servers
 
-    def target(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service].grpc}"
+    def site_partitions(self) -> int:
+        """The partition count of the site topics on this stack's broker."""
+        from kafka import KafkaConsumer
+
+        from vpp_common.topics import TELEMETRY
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers)
+        try:
+            return len(consumer.partitions_for_topic(TELEMETRY.name) or ())
+        finally:
+            consumer.close()
+
+    def target(self, service: str, replica: int = 0) -> str:
+        return f"127.0.0.1:{self.replica_ports[service][replica].grpc}"
 
     def channel(self, service: str) -> grpc.Channel:
         return grpc.insecure_channel(self.target(service))
 
     def metrics_urls(self) -> dict[str, str]:
-        urls = {name: f"http://127.0.0.1:{p.metrics}/metrics" for name, p in self.ports.items()}
+        urls = {
+            self.replica_name(name, i): f"http://127.0.0.1:{p.metrics}/metrics"
+            for name, ports in self.replica_ports.items()
+            for i, p in enumerate(ports)
+        }
         urls.update({f"edge-agent/{s}": f"http://127.0.0.1:{p.metrics}/metrics" for s, p in self.site_ports.items()})
         return urls
 
@@ -151,14 +204,15 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def _service_env(self, name: str) -> dict[str, str]:
+    def _service_env(self, name: str, index: int = 0) -> dict[str, str]:
         env = self._base_env()
+        ports = self.replica_ports[name][index]
         env.update(
             {
                 "VPP_GRPC_HOST": "127.0.0.1",
-                "VPP_GRPC_PORT": str(self.ports[name].grpc),
-                "VPP_METRICS_PORT": str(self.ports[name].metrics),
-                "VPP_INSTANCE_ID": f"{name}-0",
+                "VPP_GRPC_PORT": str(ports.grpc),
+                "VPP_METRICS_PORT": str(ports.metrics),
+                "VPP_INSTANCE_ID": f"{name}-{index}",
             }
         )
         if name == "gateway":
@@ -210,10 +264,13 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def _wait_serving(self, name: str, timeout_s: float) -> None:
+    def wait_serving(self, service: str, index: int = 0, timeout_s: float = 60) -> None:
+        self._wait_serving(self.replica_name(service, index), self.replica_ports[service][index], timeout_s)
+
+    def _wait_serving(self, name: str, ports: ServicePorts, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        proc = next(p for p in self.procs if p.name == name)
-        with self.channel(name) as channel:
+        proc = self.proc(name)
+        with grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if proc.popen.poll() is not None:
@@ -260,7 +317,7 @@ class Stack:
             {
                 "VPP_EDGE_SITE_ID": site.site_id,
                 "VPP_EDGE_SITE_TOKEN": site_token(DEMO_SECRET, site.site_id),
-                "VPP_EDGE_GATEWAY_TARGET": self.target("gateway"),
+                "VPP_EDGE_GATEWAY_TARGET": self.target("gateway", len(self.site_ports) % self.replica_count("gateway")),
                 "VPP_EDGE_MODBUS_HOST": "127.0.0.1",
                 "VPP_EDGE_MODBUS_PORT": str(modbus_port),
                 "VPP_EDGE_METRICS_PORT": str(metrics_port),
@@ -282,6 +339,8 @@ class Stack:
                 flex = stub.GetPortfolioFlexibility(aggregation_pb2.GetPortfolioFlexibilityRequest(), timeout=5)
                 online = flex.sites_online
                 if online >= len(self.sites):
+                    # Every replica (and dispatch's planner) learns of the last site with the next partials.
+                    time.sleep(1.5)
                     return
                 time.sleep(0.5)
         raise TimeoutError(

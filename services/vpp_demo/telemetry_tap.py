@@ -18,11 +18,13 @@ class TelemetryTap:
         self.series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # t, battery kW, soc %
         self._record_arrival = record_arrival
         self._latencies_s: list[float] = []
+        self._pipeline_s: list[float] = []
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50
         )
-        tps = [TopicPartition(TELEMETRY.name, p) for p in range(TELEMETRY.partitions)]
+        partitions = self._consumer.partitions_for_topic(TELEMETRY.name) or set()
+        tps = [TopicPartition(TELEMETRY.name, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         # Not seek_to_end (Tansu's ListOffsets(latest) is wrong): read all, time only what is new.
         self._consumer.seek_to_beginning(*tps)
@@ -40,13 +42,18 @@ class TelemetryTap:
                 for r in records:
                     arrived_s = time.time()
                     env = envelope_pb2.Envelope.FromString(r.value)
-                    t = env.telemetry
-                    if self._record_arrival and env.produced_at.ToNanoseconds() / 1e9 > self._since_s:
-                        self._latencies_s.append(arrived_s - t.measured_at.ToNanoseconds() / 1e9)
-                    with self._lock:
-                        self.series[t.site_id].append(
-                            (t.measured_at.ToNanoseconds() / 1e9, t.battery_power_kw, t.soc_pct)
-                        )
+                    produced_s = env.produced_at.ToNanoseconds() / 1e9
+                    recent = self._record_arrival and produced_s > self._since_s
+                    if recent:
+                        self._pipeline_s.append(arrived_s - produced_s)
+                    for rec in env.telemetry_batch.records:
+                        t = rec.telemetry
+                        if recent:
+                            self._latencies_s.append(arrived_s - t.measured_at.ToNanoseconds() / 1e9)
+                        with self._lock:
+                            self.series[t.site_id].append(
+                                (t.measured_at.ToNanoseconds() / 1e9, t.battery_power_kw, t.soc_pct)
+                            )
         self._consumer.close()
 
     def snapshot(self) -> dict[str, list[tuple[float, float, float]]]:
@@ -57,6 +64,11 @@ class TelemetryTap:
         """Device read (agent clock) to arrival here, for each record seen while recording arrivals."""
         with self._lock:
             return list(self._latencies_s)
+
+    def pipeline_latencies_s(self) -> list[float]:
+        """The gateway's Kafka write (Envelope.produced_at) to arrival here, one per record."""
+        with self._lock:
+            return list(self._pipeline_s)
 
     def stop(self) -> None:
         self._stop.set()

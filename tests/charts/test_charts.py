@@ -24,6 +24,20 @@ GRPC_PORT = 50051
 METRICS_PORT = 9102
 # Custom resources kubernetes-validate has no schema for; checked by hand below.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The shared ConfigMap: one value of each for every component.
+SHARED_CONFIG = {
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "VPP_KAFKA_SESSION_TIMEOUT_MS",
+    "VPP_KAFKA_GROUP_PREFIX",
+    "VPP_KAFKA_PRODUCE_TIMEOUT_S",
+    "VPP_SITE_PARTITIONS",
+    "VPP_SHUTDOWN_DRAIN_S",
+    "VPP_GRPC_GRACE_S",
+    "VPP_LOG_LEVEL",
+}
+# What a service does when it stops, at worst, besides the drain and the gRPC grace (app.py: consumers
+# stop within 10 s; kafka.py: the producer settles and closes within 5 s each).
+STOP_OVERHEAD_S = 20
 
 Doc = dict[str, Any]
 
@@ -160,7 +174,7 @@ def test_services_have_grpc_probes_and_the_env_contract(rendered: dict[str, list
     docs = rendered[case_id]
     configmaps = of_kind(docs, "ConfigMap")
     assert [cm["metadata"]["name"] for cm in configmaps] == [f"{RELEASE}-config"]
-    assert set(configmaps[0]["data"]) == {"KAFKA_BOOTSTRAP_SERVERS", "VPP_KAFKA_SESSION_TIMEOUT_MS", "VPP_LOG_LEVEL"}
+    assert set(configmaps[0]["data"]) == SHARED_CONFIG
     for dep in of_kind(docs, "Deployment"):
         component = component_of(dep)
         (container,) = dep["spec"]["template"]["spec"]["containers"]
@@ -173,6 +187,12 @@ def test_services_have_grpc_probes_and_the_env_contract(rendered: dict[str, list
         assert env["VPP_GRPC_PORT"]["value"] == str(GRPC_PORT)
         assert env["VPP_METRICS_PORT"]["value"] == str(METRICS_PORT)
         assert env["VPP_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        # Peers reach the pod at its IP; $(POD_IP) only expands when POD_IP is defined before it.
+        assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["VPP_ADVERTISED_GRPC_TARGET"]["value"] == f"$(POD_IP):{GRPC_PORT}"
+        names = [e["name"] for e in container["env"]]
+        assert names.index("POD_IP") < names.index("VPP_ADVERTISED_GRPC_TARGET")
+        assert len(names) == len(set(names)), names
         assert container["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-config"}}]
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
@@ -187,6 +207,72 @@ def test_services_have_grpc_probes_and_the_env_contract(rendered: dict[str, list
             assert "VPP_GATEWAY_SITE_TOKEN_SECRET" not in env
 
 
+@pytest.mark.parametrize("case_id", [c for c in CASE_IDS if c.startswith("vpp:")])
+def test_nothing_but_the_pod_name_names_a_replica(rendered: dict[str, list[Doc]], case_id: str) -> None:
+    """Group ids are role names from the shared config; the pod's name only becomes VPP_INSTANCE_ID
+    and its IP only the advertised gRPC target. Nothing else is taken from the pod."""
+    docs = rendered[case_id]
+    (configmap,) = of_kind(docs, "ConfigMap")
+    for dep in of_kind(docs, "Deployment"):
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        from_pod = {
+            e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+            for e in container["env"]
+            if "fieldRef" in e.get("valueFrom", {})
+        }
+        assert from_pod == {"VPP_INSTANCE_ID": "metadata.name", "POD_IP": "status.podIP"}, component_of(dep)
+        for e in container["env"]:
+            # No group id, prefix or partition count per component or per pod: only the ConfigMap's.
+            assert "GROUP" not in e["name"], (component_of(dep), e)
+            assert e["name"] not in SHARED_CONFIG - {"VPP_LOG_LEVEL"}, (component_of(dep), e)
+            assert "$(POD_IP)" not in e.get("value", "") or e["name"] == "VPP_ADVERTISED_GRPC_TARGET"
+    assert "$(" not in configmap["data"]["VPP_KAFKA_GROUP_PREFIX"]
+
+
+def test_shared_config_defaults_and_overrides(rendered: dict[str, list[Doc]]) -> None:
+    def data(case_id: str) -> dict[str, str]:
+        (configmap,) = of_kind(rendered[case_id], "ConfigMap")
+        return dict(configmap["data"])
+
+    assert data("vpp:values.yaml") == {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-bootstrap.kafka.svc.cluster.local:9092",
+        "VPP_KAFKA_SESSION_TIMEOUT_MS": "10000",
+        "VPP_KAFKA_GROUP_PREFIX": "",
+        "VPP_KAFKA_PRODUCE_TIMEOUT_S": "60",
+        "VPP_SITE_PARTITIONS": "48",
+        "VPP_SHUTDOWN_DRAIN_S": "1",
+        "VPP_GRPC_GRACE_S": "3",
+        "VPP_LOG_LEVEL": "INFO",
+    }
+    assert data("vpp:ci/demo-values.yaml")["VPP_SITE_PARTITIONS"] == "4"
+    assert data("vpp:ci/demo-values.yaml")["VPP_SHUTDOWN_DRAIN_S"] == "0.5"
+    assert data("vpp:ci/ha-values.yaml")["VPP_KAFKA_GROUP_PREFIX"] == "vpp-prod."
+    assert data("vpp:ci/ha-values.yaml")["VPP_SITE_PARTITIONS"] == "48"
+
+
+@pytest.mark.parametrize("case_id", [c for c in CASE_IDS if c.startswith("vpp:")])
+def test_grace_period_outlasts_a_clean_stop(rendered: dict[str, list[Doc]], case_id: str) -> None:
+    docs = rendered[case_id]
+    (configmap,) = of_kind(docs, "ConfigMap")
+    stop_s = float(configmap["data"]["VPP_SHUTDOWN_DRAIN_S"]) + float(configmap["data"]["VPP_GRPC_GRACE_S"])
+    for dep in of_kind(docs, "Deployment"):
+        assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= stop_s + STOP_OVERHEAD_S
+
+
+def test_too_short_grace_period_is_refused(charts: dict[Path, helm.Chart]) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"terminationGracePeriodSeconds 40 is shorter"):
+        render(charts[VPP_CHART], {"config": {"shutdownDrainS": 30}})
+    with pytest.raises(helm.HelmRenderError, match=r"components\.dispatch: terminationGracePeriodSeconds 10"):
+        render(charts[VPP_CHART], {"components": {"dispatch": {"enabled": True, "terminationGracePeriodSeconds": 10}}})
+
+
+def test_ipv6_pods_advertise_a_bracketed_target(charts: dict[Path, helm.Chart]) -> None:
+    docs = render(charts[VPP_CHART], {"podIPFamily": "IPv6"})
+    for dep in of_kind(docs, "Deployment"):
+        env = by_name(dep["spec"]["template"]["spec"]["containers"][0]["env"])
+        assert env["VPP_ADVERTISED_GRPC_TARGET"]["value"] == f"[$(POD_IP)]:{GRPC_PORT}"
+
+
 def test_production_defaults(rendered: dict[str, list[Doc]]) -> None:
     docs = rendered["vpp:values.yaml"]
     deployments = {component_of(d): d for d in of_kind(docs, "Deployment")}
@@ -196,6 +282,10 @@ def test_production_defaults(rendered: dict[str, list[Doc]]) -> None:
     assert configmap["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka-bootstrap.kafka.svc.cluster.local:9092"
     assert not of_kind(docs, "NetworkPolicy")
     assert not of_kind(docs, "ServiceMonitor")
+    # Gateway, aggregation and dispatch scale out (streams; site partitions), each with a PDB.
+    replicas = {name: dep["spec"]["replicas"] for name, dep in deployments.items()}
+    assert replicas == {"gateway": 2, "aggregation": 2, "dispatch": 2, "bidding": 1, "forecasting": 1}
+    assert {component_of(p) for p in of_kind(docs, "PodDisruptionBudget")} == {"gateway", "aggregation", "dispatch"}
 
     services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
     gateway = services[f"{RELEASE}-gateway"]
@@ -242,8 +332,12 @@ def test_ha_gateway_network_policies_and_monitors(rendered: dict[str, list[Doc]]
     policies = {component_of(p): p for p in of_kind(docs, "NetworkPolicy")}
     grpc_rule, metrics_rule = policies["aggregation"]["spec"]["ingress"]
     assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
-    # The market simulator (aggregation's only in-platform caller) is disabled, so it is not let in.
-    assert grpc_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vpp-ops"}}}]
+    # Aggregation replicas call each other (a site query goes to the owner of its partition); the
+    # market simulator, its other in-platform caller, is disabled, so it is not let in.
+    assert grpc_rule["from"] == [
+        {"podSelector": {"matchLabels": selector("aggregation")}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vpp-ops"}}},
+    ]
     assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     assert metrics_rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
@@ -251,6 +345,21 @@ def test_ha_gateway_network_policies_and_monitors(rendered: dict[str, list[Doc]]
     # Edge agents reach the gateway from outside: gRPC from anywhere, nothing else.
     gateway_grpc = policies["gateway"]["spec"]["ingress"][0]
     assert gateway_grpc == {"ports": [{"port": "grpc", "protocol": "TCP"}]}
+    # Nobody in the platform calls dispatch, bidding or forecasting over gRPC (dispatch reads
+    # aggregation's partials from Kafka): operators' tools only.
+    for name in ("dispatch", "bidding", "forecasting"):
+        grpc_rule = policies[name]["spec"]["ingress"][0]
+        assert grpc_rule["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vpp-ops"}}}
+        ], name
+
+
+def selector(component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/name": "vpp",
+    }
 
 
 def test_network_policy_lets_in_enabled_callers_only(charts: dict[Path, helm.Chart]) -> None:
@@ -259,18 +368,12 @@ def test_network_policy_lets_in_enabled_callers_only(charts: dict[Path, helm.Cha
     policies = {component_of(p): p for p in of_kind(docs, "NetworkPolicy")}
     grpc_rule = policies["aggregation"]["spec"]["ingress"][0]
     assert grpc_rule["from"] == [
-        {
-            "podSelector": {
-                "matchLabels": {
-                    "app.kubernetes.io/component": "market",
-                    "app.kubernetes.io/instance": RELEASE,
-                    "app.kubernetes.io/name": "vpp",
-                }
-            }
-        }
+        {"podSelector": {"matchLabels": selector("aggregation")}},
+        {"podSelector": {"matchLabels": selector("market")}},
     ]
     # No caller at all: the gRPC port is closed, only metrics stay open.
-    assert [rule["ports"][0]["port"] for rule in policies["dispatch"]["spec"]["ingress"]] == ["metrics"]
+    for name in ("dispatch", "bidding", "forecasting", "market"):
+        assert [rule["ports"][0]["port"] for rule in policies[name]["spec"]["ingress"]] == ["metrics"], name
 
 
 def test_service_specific_env(rendered: dict[str, list[Doc]]) -> None:
@@ -347,6 +450,27 @@ BAD_VPP_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("bad service type", {"components": {"gateway": {"service": {"type": "Ingress"}}}}, "type"),
     ("caller not a component", {"components": {"dispatch": {"networkPolicy": {"allowFrom": ["ui"]}}}}, "allowFrom"),
     ("port out of range", {"ports": {"grpc": 70000}}, "grpc"),
+    ("no site partitions", {"config": {"sitePartitions": 0}}, "sitePartitions"),
+    ("fractional site partitions", {"config": {"sitePartitions": 4.5}}, "sitePartitions"),
+    ("group prefix with a space", {"config": {"kafkaGroupPrefix": "vpp prod"}}, "kafkaGroupPrefix"),
+    ("negative drain", {"config": {"shutdownDrainS": -1}}, "shutdownDrainS"),
+    ("zero produce timeout", {"config": {"kafkaProduceTimeoutS": 0}}, "kafkaProduceTimeoutS"),
+    ("unknown IP family", {"podIPFamily": "dual"}, "podIPFamily"),
+    (
+        "instance id from elsewhere",
+        {"components": {"dispatch": {"env": {"VPP_INSTANCE_ID": "dispatch-0"}}}},
+        "VPP_INSTANCE_ID",
+    ),
+    (
+        "partitions per component",
+        {"components": {"aggregation": {"extraEnv": [{"name": "VPP_SITE_PARTITIONS", "value": "8"}]}}},
+        "extraEnv/0/name",
+    ),
+    (
+        "group prefix per component",
+        {"components": {"dispatch": {"env": {"VPP_KAFKA_GROUP_PREFIX": "x."}}}},
+        "VPP_KAFKA_GROUP_PREFIX",
+    ),
     (
         "label clobbers selector",
         {"components": {"gateway": {"labels": {"app.kubernetes.io/component": "x"}}}},
@@ -396,6 +520,8 @@ def test_edge_agent_one_pod_recreate_tcp_probes(rendered: dict[str, list[Doc]], 
         "VPP_EDGE_MODBUS_PORT",
         "VPP_EDGE_MODBUS_UNIT_ID",
         "VPP_EDGE_METRICS_PORT",
+        "VPP_EDGE_UPLINK_BATCH_INTERVAL_S",
+        "VPP_EDGE_UPLINK_ACK_MAX_DELAY_S",
         "VPP_EDGE_LOG_LEVEL",
     }
     assert "value" not in env["VPP_EDGE_SITE_TOKEN"]
@@ -416,6 +542,7 @@ def test_edge_agent_simulator_sidecar(rendered: dict[str, list[Doc]]) -> None:
     assert env["VPP_EDGE_MODBUS_HOST"]["value"] == "127.0.0.1"
     assert env["VPP_EDGE_MODBUS_PORT"]["value"] == "1502"
     assert env["VPP_EDGE_GATEWAY_TARGET"]["value"] == "vpp-gateway.vpp.svc.cluster.local:50051"
+    assert env["VPP_EDGE_UPLINK_BATCH_INTERVAL_S"]["value"] == "1"
 
 
 def test_edge_agent_real_device(rendered: dict[str, list[Doc]]) -> None:
@@ -427,6 +554,9 @@ def test_edge_agent_real_device(rendered: dict[str, list[Doc]]) -> None:
     assert env["VPP_EDGE_MODBUS_HOST"]["value"] == "192.168.10.20"
     assert env["VPP_EDGE_MODBUS_PORT"]["value"] == "502"
     assert env["VPP_EDGE_MODBUS_UNIT_ID"]["value"] == "1"
+    # The agent's defaults (vpp_edge.settings): samples batched for 10 s, our ack_seq held at most 1.5 s.
+    assert env["VPP_EDGE_UPLINK_BATCH_INTERVAL_S"]["value"] == "10"
+    assert env["VPP_EDGE_UPLINK_ACK_MAX_DELAY_S"]["value"] == "1.5"
     assert [d["kind"] for d in docs] == ["Deployment"]
 
 
@@ -444,6 +574,11 @@ BAD_EDGE_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("unit id out of range", {"modbus": {"unitId": 300}}, "unitId"),
     ("target without port", {"gateway": {"target": "gateway.example"}}, "target"),
     ("writable root fs", {"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
+    ("negative batch interval", {"uplink": {"batchIntervalS": -1}}, "batchIntervalS"),
+    ("batch interval over a minute", {"uplink": {"batchIntervalS": 120}}, "batchIntervalS"),
+    ("acks never sent", {"uplink": {"ackMaxDelayS": 0}}, "ackMaxDelayS"),
+    ("unknown uplink key", {"uplink": {"batchSize": 10}}, "batchSize"),
+    ("chart-set env overridden", {"env": {"VPP_EDGE_SITE_ID": "other"}}, "VPP_EDGE_SITE_ID"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""The walking skeleton end to end on real parts: Tansu over TCP, every service as a process, five
-pymodbus device simulators with edge agents; plus clients this project did not write."""
+"""The platform end to end on real parts: Tansu over TCP, every service as a process (gateway,
+aggregation and dispatch as two replicas each, sharing the sites' partitions), five pymodbus device
+simulators with edge agents; plus clients this project did not write."""
 
 from __future__ import annotations
 
@@ -25,19 +26,26 @@ from vpp.v1 import (
     market_api_pb2_grpc,
 )
 
-from kafka_helpers import producer
-from vpp_common.envelope import wrap
-from vpp_common.kafka import read_topic
-from vpp_common.topics import ACKS, COMMANDS, TELEMETRY
+from kafka_helpers import ack_records, send_commands
+from vpp_common.partitioning import site_partition
+from vpp_common.topics import COMMANDS, TELEMETRY
 from vpp_demo.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 
+REPLICAS = {"gateway": 2, "aggregation": 2, "dispatch": 2}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(Path(tmp_path_factory.mktemp("e2e")), progress=lambda m: None) as s:
+    with Stack(Path(tmp_path_factory.mktemp("e2e")), replicas=REPLICAS, progress=lambda m: None) as s:
         yield s
+
+
+def summed(stack: Stack, service: str, name: str) -> float:
+    """A metric summed over the service's replicas."""
+    return sum(metrics_of(stack.metrics_urls()[stack.replica_name(service, i)]).get(name, 0.0) for i in range(2))
 
 
 def metrics_of(url: str) -> dict[str, float]:
@@ -63,6 +71,10 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
     )
     assert start.up_capability_kw > 0 and start.down_capability_kw > 0
     dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
+    # Both dispatch replicas own some of the sites' partitions (the planner is one of them).
+    for i in range(2):
+        owned = metrics_of(stack.metrics_urls()[f"dispatch-{i}"])["vpp_kafka_partitions_owned"]
+        assert owned > 0, f"dispatch-{i} owns no partition"
     deadline = time.monotonic() + 60
     tracking = None
     while time.monotonic() < deadline:
@@ -92,13 +104,30 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
         for s in phase[-2:]:
             assert abs(s.error_kw) <= 0.05 * abs(s.requested_kw), s
 
-    gw = metrics_of(stack.metrics_urls()["gateway"])
-    assert gw["vpp_gateway_connected_sites"] == n_sites
-    assert gw["vpp_gateway_commands_total"] >= 10 * n_sites
-    d = metrics_of(stack.metrics_urls()["dispatch"])
-    assert d["vpp_dispatch_activation_to_write_seconds_count"] == 10 * n_sites
-    assert d["vpp_dispatch_reallocations_total"] == tracking.reallocations
-    assert "vpp_dispatch_tracking_error_kw" in d
+    # The other dispatch replica answers the same tracking (it reads the same plans and results).
+    with grpc.insecure_channel(stack.target("dispatch", 1)) as other:
+        again = dispatch_api_pb2_grpc.DispatchServiceStub(other).GetActivationTracking(
+            dispatch_api_pb2.GetActivationTrackingRequest(activation_id=start.activation_id), timeout=5
+        )
+    assert again == tracking
+
+    assert summed(stack, "gateway", "vpp_gateway_connected_sites") == n_sites
+    for i in range(2):  # agents are spread over both gateway replicas
+        assert metrics_of(stack.metrics_urls()[f"gateway-{i}"])["vpp_gateway_connected_sites"] > 0
+    # every replica reads every command batch and delivers its own sites' commands
+    delivered = sum(
+        s.value
+        for i in range(2)
+        for f in text_string_to_metric_families(
+            urllib.request.urlopen(stack.metrics_urls()[f"gateway-{i}"], timeout=5).read().decode()
+        )
+        for s in f.samples
+        if s.name == "vpp_gateway_commands_total" and s.labels.get("outcome") == "delivered"
+    )
+    assert delivered >= 10 * n_sites
+    assert summed(stack, "dispatch", "vpp_dispatch_activation_to_write_seconds_count") == 10 * n_sites
+    assert summed(stack, "dispatch", "vpp_dispatch_reallocations_total") == tracking.reallocations
+    assert "vpp_dispatch_tracking_error_kw" in metrics_of(stack.metrics_urls()["dispatch-0"])
     for site in stack.site_ports:
         agent = metrics_of(stack.metrics_urls()[f"edge-agent/{site}"])
         assert agent["vpp_edge_modbus_rtt_seconds_count"] > 0
@@ -108,16 +137,13 @@ def test_edge_agent_clamps_to_device_limits_and_says_so(stack: Stack) -> None:
     site = "home-01"  # 5 kW inverter
     cmd = dispatch_pb2.DispatchCommand(command_id=f"clamp-{time.time_ns()}", site_id=site, battery_setpoint_kw=50.0)
     cmd.valid_until.FromNanoseconds(time.time_ns() + 20 * 10**9)
-    producer(stack.bootstrap_servers).send(
-        COMMANDS.name, key=site.encode(), value=wrap(cmd, source="test", site_id=site).SerializeToString()
-    ).get(10)
+    send_commands(stack.bootstrap_servers, [cmd])
     deadline = time.monotonic() + 20
     ack = None
     while ack is None and time.monotonic() < deadline:
-        for r in read_topic(stack.bootstrap_servers, ACKS.name, ACKS.partitions, timeout_s=2):
-            a = envelope_pb2.Envelope.FromString(r.value).ack
-            if a.command_id == cmd.command_id:
-                ack = a
+        for r in ack_records(stack.bootstrap_servers, timeout_s=2):
+            if r.ack.command_id == cmd.command_id:
+                ack = r.ack
     assert ack is not None, "no ack for the out-of-range command"
     assert ack.status == dispatch_pb2.ACK_STATUS_CLAMPED
     assert ack.applied_kw <= 5.0 + 1e-6
@@ -125,11 +151,12 @@ def test_edge_agent_clamps_to_device_limits_and_says_so(stack: Stack) -> None:
 
 
 def test_every_service_answers_reflection_and_metrics(stack: Stack) -> None:
-    for name in stack.ports:
-        with stack.channel(name) as channel:
-            services = ProtoReflectionDescriptorDatabase(channel).get_services()
-            assert any(s.startswith("vpp.v1.") for s in services), (name, services)
-            assert "grpc.health.v1.Health" in services
+    for name, replicas in stack.replica_ports.items():
+        for i in range(len(replicas)):
+            with grpc.insecure_channel(stack.target(name, i)) as channel:
+                services = ProtoReflectionDescriptorDatabase(channel).get_services()
+                assert any(s.startswith("vpp.v1.") for s in services), (name, services)
+                assert "grpc.health.v1.Health" in services
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed: run `make tools` (apt-get install prometheus)")
@@ -153,6 +180,7 @@ def test_librdkafka_client_lists_topics_and_reads_telemetry(stack: Stack) -> Non
         }
     )
     consumer.subscribe([TELEMETRY.name])
+    partitions = len(topics[TELEMETRY.name].partitions)
     seen: set[str] = set()
     deadline = time.monotonic() + 30
     while len(seen) < len(stack.sites) and time.monotonic() < deadline:
@@ -160,8 +188,10 @@ def test_librdkafka_client_lists_topics_and_reads_telemetry(stack: Stack) -> Non
         if msg is None or msg.error():
             continue
         env = envelope_pb2.Envelope.FromString(msg.value())
-        assert env.telemetry.site_id == msg.key().decode()
-        seen.add(env.telemetry.site_id)
+        for record in env.telemetry_batch.records:
+            # the gateway writes each site's samples to the site's partition (Kafka's default partitioner)
+            assert site_partition(record.telemetry.site_id, partitions) == msg.partition()
+            seen.add(record.telemetry.site_id)
     consumer.close()
     assert seen == {s.site_id for s in stack.sites}
 

@@ -55,7 +55,19 @@ class FakeGateway(gateway_pb2_grpc.EdgeGatewayServicer):
             task.cancel()
 
     def bodies(self, kind: str) -> list[gateway_pb2.AgentMessage]:
-        return [m for m in self.received if m.WhichOneof("body") == kind]
+        """Messages of one kind; the entries of a Batch count as messages of their own kind."""
+        out = []
+        for m in self.received:
+            if m.WhichOneof("body") == "batch" and kind != "batch":
+                for e in m.batch.entries:
+                    body = e.WhichOneof("body")
+                    if body == kind:
+                        single = gateway_pb2.AgentMessage(seq=e.seq, ack_seq=m.ack_seq, site_id=m.site_id)
+                        getattr(single, kind).CopyFrom(getattr(e, kind))
+                        out.append(single)
+            elif m.WhichOneof("body") == kind:
+                out.append(m)
+        return out
 
 
 @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ def test_dispatch_command_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
                 soc_ceiling_pct=90.0,
                 reconnect_min_s=0.05,
                 heartbeat_interval_s=0.5,
+                uplink_batch_interval_s=0.2,
             )
             agent = EdgeAgent(settings)
             agent.start_metrics()

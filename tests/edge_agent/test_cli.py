@@ -79,7 +79,7 @@ def test_agent_runs_locally_without_gateway_and_stops_on_sigterm(devsim: int) ->
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert "agent stopped" in err
+    assert "level=INFO logger=vpp_edge.agent event=agent_stopped" in err
 
 
 @pytest.mark.timeout(30)
@@ -90,4 +90,4 @@ def test_agent_setup_timeout_says_what_to_check() -> None:
     proc = subprocess.run([sys.executable, "-m", "vpp_edge"], env=env, capture_output=True, text=True, timeout=25)
     assert proc.returncode == 2
     assert proc.stdout.startswith("METRICS_PORT=")
-    assert "VPP_EDGE_MODBUS_HOST" in proc.stderr and "setup failed" in proc.stderr
+    assert "VPP_EDGE_MODBUS_HOST" in proc.stderr and "level=ERROR logger=vpp_edge event=setup_failed" in proc.stderr

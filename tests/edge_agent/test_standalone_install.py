@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vpp_common.netutil import free_port, wait_for_port
+from vpp_devtools.netutil import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -25,16 +25,15 @@ def make_uplink(port: int, handler: Callable[..., object] | None = None, **kwarg
     async def ignore(_cmd: dispatch_pb2.DispatchCommand, _at: datetime) -> None:
         return None
 
+    options: dict[str, float] = {"heartbeat_interval_s": 0.2, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2}
+    options.update(kwargs)
     return Uplink(
         "site-1",
         "secret-token",
         f"127.0.0.1:{port}",
         EdgeMetrics(),
         handler or ignore,  # type: ignore[arg-type]
-        heartbeat_interval_s=0.2,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        **kwargs,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -142,7 +141,9 @@ def test_refusal_is_logged_and_forgotten(caplog: pytest.LogCaptureFixture) -> No
             await stop_uplink(uplink, task)
 
     run(scenario())
-    assert any("refused" in r.getMessage() for r in caplog.records)
+    (refused,) = [r for r in caplog.records if r.getMessage() == "gateway_refused_message"]
+    assert refused.levelname == "WARNING"
+    assert refused.__dict__["fields"] == {"refused_seq": 1, "reason": "bad site"}
 
 
 def test_outbox_drops_oldest_telemetry_never_acks() -> None:
@@ -160,5 +161,73 @@ def test_outbox_drops_oldest_telemetry_never_acks() -> None:
         for _ in range(15):
             uplink.send_ack(dispatch_pb2.CommandAck(command_id="more"))
         assert sum(1 for m in uplink.outbox.values() if m.WhichOneof("body") == "ack") == 16
+
+    run(scenario())
+
+
+@pytest.mark.timeout(20)
+def test_samples_wait_for_the_batch_interval_and_go_in_one_message_with_their_own_seqs() -> None:
+    async def scenario() -> None:
+        gateway = FakeGateway()
+        async with gateway_server(gateway) as (_server, port):
+            uplink = make_uplink(port, batch_interval_s=0.6, heartbeat_interval_s=30)
+            task = asyncio.create_task(uplink.run())
+            await until(lambda: uplink.connected)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for i in range(4):
+                uplink.send_telemetry(telemetry(i))
+                await asyncio.sleep(0.05)
+            await until(lambda: not uplink.outbox)
+            assert loop.time() - started >= 0.55  # they waited for the oldest to be 0.6 s old
+            batches = gateway.bodies("batch")
+            assert len(batches) == 1 and batches[0].seq == 4
+            assert [e.seq for e in batches[0].batch.entries] == [1, 2, 3, 4]
+            assert [e.telemetry.soc_pct for e in batches[0].batch.entries] == [0.0, 1.0, 2.0, 3.0]
+            assert [m.seq for m in gateway.bodies("telemetry")] == [1, 2, 3, 4]
+            sent = uplink.metrics.registry.get_sample_value("vpp_edge_uplink_messages_sent_total", {"kind": "batch"})
+            assert sent == 1
+            await stop_uplink(uplink, task)
+
+    run(scenario())
+
+
+@pytest.mark.timeout(20)
+def test_a_command_ack_goes_at_once_with_the_samples_before_it() -> None:
+    async def scenario() -> None:
+        gateway = FakeGateway()
+        async with gateway_server(gateway) as (_server, port):
+            uplink = make_uplink(port, batch_interval_s=30, heartbeat_interval_s=30)
+            task = asyncio.create_task(uplink.run())
+            await until(lambda: uplink.connected)
+            uplink.send_telemetry(telemetry(1))
+            uplink.send_telemetry(telemetry(2))
+            await asyncio.sleep(0.3)
+            assert not gateway.bodies("batch") and len(uplink.outbox) == 2  # still waiting (30 s interval)
+            uplink.send_ack(dispatch_pb2.CommandAck(command_id="step-7", site_id="site-1"))
+            await until(lambda: not uplink.outbox, timeout_s=2)
+            (batch,) = gateway.bodies("batch")
+            assert [e.WhichOneof("body") for e in batch.batch.entries] == ["telemetry", "telemetry", "ack"]
+            assert gateway.bodies("ack")[0].ack.command_id == "step-7"
+            await stop_uplink(uplink, task)
+
+    run(scenario())
+
+
+@pytest.mark.timeout(20)
+def test_our_ack_of_a_command_rides_on_the_next_write_not_an_extra_heartbeat() -> None:
+    async def scenario() -> None:
+        gateway = FakeGateway()
+        async with gateway_server(gateway) as (_server, port):
+            uplink = make_uplink(port, batch_interval_s=30, heartbeat_interval_s=30, ack_max_delay_s=5)
+            task = asyncio.create_task(uplink.run())
+            await until(lambda: uplink.connected)
+            await gateway.outgoing.put(gateway_pb2.GatewayMessage(seq=1, command=command(1.0, command_id="c1")))
+            await until(lambda: uplink.last_gateway_seq == 1)
+            uplink.send_ack(dispatch_pb2.CommandAck(command_id="c1", site_id="site-1"))  # as the coordinator does
+            await until(lambda: not uplink.outbox)
+            assert gateway.bodies("ack")[0].ack_seq == 1
+            assert not gateway.bodies("heartbeat")
+            await stop_uplink(uplink, task)
 
     run(scenario())

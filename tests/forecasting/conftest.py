@@ -12,11 +12,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from vpp.v1 import envelope_pb2, telemetry_pb2
 
 from forecasting.seed import real_series, site_frames
 from forecasting.settings import ForecastingSettings
 from forecasting.sites import SiteConfig, load_sites
 from forecasting.store import SLOT, HistoryStore
+from vpp_common.envelope import wrap
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_URL = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/test"
@@ -123,3 +125,17 @@ def sites_file(tmp_path: Path) -> Path:
 @pytest.fixture()
 def two_sites(sites_file: Path) -> list[SiteConfig]:
     return load_sites(sites_file)
+
+
+def sample(
+    site: str, at: pd.Timestamp, pv: float, load: float, message_id: str, *, available: bool = True
+) -> telemetry_pb2.TelemetryRecord:
+    """One telemetry sample as the gateway batches it (its own dedupe id, site id in the telemetry)."""
+    t = telemetry_pb2.Telemetry(site_id=site, available=available, pv_power_kw=pv, load_power_kw=load)
+    t.measured_at.FromNanoseconds(at.value)
+    return telemetry_pb2.TelemetryRecord(message_id=message_id, telemetry=t)
+
+
+def batch_envelope(*records: telemetry_pb2.TelemetryRecord) -> envelope_pb2.Envelope:
+    """A ``telemetry_batch`` Envelope as the gateway writes to vpp.telemetry.v1 (no envelope site id)."""
+    return wrap(telemetry_pb2.TelemetryBatch(records=list(records)), source="gateway/test")

@@ -15,7 +15,7 @@ from forecasting.models import (
     SeasonalNaiveForecaster,
     choose_served_model,
 )
-from forecasting.models.load import day_ahead_issues
+from forecasting.models.validation import day_ahead_issues
 
 Q = [0.1, 0.5, 0.9]
 

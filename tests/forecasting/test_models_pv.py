@@ -8,8 +8,8 @@ import pytest
 
 from forecasting.data import load_pvdaq_psm3_weather, load_pvdaq_system50
 from forecasting.models import PvForecaster, PvSite
-from forecasting.models.load import day_ahead_issues
 from forecasting.models.physics import pv_physics
+from forecasting.models.validation import day_ahead_issues
 
 Q = [0.1, 0.5, 0.9]
 

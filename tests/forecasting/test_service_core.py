@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
-from vpp.v1 import envelope_pb2, telemetry_pb2
+from vpp.v1 import envelope_pb2
 
-from conftest import SITE_A, SITE_B, seed_store, small_settings, write_sites
-from forecasting.service import LOAD, NET, PV, ForecastingCore, NoHistory
+from conftest import SITE_A, SITE_B, batch_envelope, sample, seed_store, small_settings, write_sites
+from forecasting.core import ForecastingCore
+from forecasting.ingest import TelemetryIngest
+from forecasting.mapping import LOAD, NET, PV
+from forecasting.selection import NoHistory
 from forecasting.sites import load_sites
 from forecasting.store import SLOT, HistoryStore
-from vpp_common.envelope import wrap
+from vpp_common.kafka import Consumed
+from vpp_common.topics import TELEMETRY
 
 NOW = pd.Timestamp("2025-06-10 09:07", tz="UTC")
 
@@ -38,9 +45,29 @@ def make_core(
     return ForecastingCore(settings, store, sites, clock=clock or Clock(NOW))
 
 
-def sample(name: str, labels: dict[str, str]) -> float:
+def metric(name: str, labels: dict[str, str]) -> float:
     value = REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+def measured(outcome: str) -> float:
+    return metric("vpp_forecasting_measurements_total", {"outcome": outcome})
+
+
+_offsets = itertools.count()
+
+
+def consumed(env: envelope_pb2.Envelope) -> Consumed:
+    """The record as the consumer hands it to the handler."""
+    return Consumed(env, TELEMETRY.name, 0, next(_offsets), b"p0", 0)
+
+
+def make_ingest(core: ForecastingCore, writer: ThreadPoolExecutor) -> TelemetryIngest:
+    return TelemetryIngest(core.settings, core.store, core.sites, writer, clock=core.clock)
+
+
+def ingest_batch(ingest: TelemetryIngest, env: envelope_pb2.Envelope) -> None:
+    asyncio.run(ingest.on_telemetry_batch(consumed(env)))
 
 
 def test_fallback_is_served_when_history_is_short(tmp_path: Path, real: tuple[pd.Series, pd.Series]) -> None:
@@ -81,48 +108,152 @@ def test_models_refit_daily_and_are_fed_new_data_between_fits(
     assert again is not None and again is not first and again.trained_at > first.trained_at
 
 
-def telemetry(site: str, at: pd.Timestamp, pv: float, load: float, *, message_id: str) -> envelope_pb2.Envelope:
-    t = telemetry_pb2.Telemetry(site_id=site, available=True, pv_power_kw=pv, load_power_kw=load)
-    t.measured_at.FromNanoseconds(at.value)
-    return wrap(t, source="test", site_id=site, message_id=message_id)
-
-
 def test_telemetry_handler(tmp_path: Path, real: tuple[pd.Series, pd.Series]) -> None:
     core = make_core(tmp_path, real, days=1)
     at = NOW.floor(SLOT) + pd.Timedelta(minutes=1)
-    stored = sample("vpp_forecasting_measurements_total", {"outcome": "stored"})
-    core.on_telemetry(telemetry("site-a", at, 2.0, 1.0, message_id="m1"))
-    core.on_telemetry(telemetry("site-a", at, 4.0, 3.0, message_id="m2"))
-    core.on_telemetry(telemetry("site-a", at, 4.0, 3.0, message_id="m2"))  # re-delivered
-    core.on_telemetry(telemetry("elsewhere", at, 9.0, 9.0, message_id="m3"))  # not our site: ignored
-    off = telemetry("site-a", at, 0.0, 0.0, message_id="m4")
-    off.telemetry.available = False  # powers are unset (0), not measured zeros
-    core.on_telemetry(off)
+    before = {o: measured(o) for o in ("stored", "duplicate", "unknown_site", "unavailable", "invalid")}
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        ingest = make_ingest(core, writer)
+        ingest_batch(ingest, batch_envelope(sample("site-a", at, 2.0, 1.0, "m1"), sample("site-a", at, 4.0, 3.0, "m2")))
+        ingest_batch(ingest, batch_envelope(sample("site-a", at, 4.0, 3.0, "m2")))  # re-delivered
+        ingest_batch(
+            ingest,
+            batch_envelope(
+                sample("elsewhere", at, 9.0, 9.0, "m3"),  # not our site: ignored
+                sample("site-a", at, 0.0, 0.0, "m4", available=False),  # powers are unset (0), not measured zeros
+            ),
+        )
+        # Nothing usable and nothing legitimately skipped: the whole record is refused (the consumer
+        # dead-letters ValueErrors), and so is an empty one.
+        no_time = sample("site-a", at, 1.0, 1.0, "m5")
+        no_time.telemetry.ClearField("measured_at")
+        with pytest.raises(ValueError, match="measured_at is missing"):
+            ingest_batch(ingest, batch_envelope(no_time))
+        with pytest.raises(ValueError, match="pv_power_kw is not finite"):
+            ingest_batch(ingest, batch_envelope(sample("site-a", at, math.nan, 1.0, "m6")))
+        with pytest.raises(ValueError, match="in the future"):
+            ingest_batch(ingest, batch_envelope(sample("site-a", NOW + pd.Timedelta(hours=1), 1.0, 1.0, "m7")))
+        with pytest.raises(ValueError, match="no message_id"):
+            ingest_batch(ingest, batch_envelope(sample("site-a", at, 1.0, 1.0, "")))
+        with pytest.raises(ValueError, match="no samples"):
+            ingest_batch(ingest, batch_envelope())
     got = core.store.history("site-a", at.floor(SLOT), at.floor(SLOT) + SLOT)
     assert got["pv_kw"].iloc[0] == pytest.approx(3.0) and got["load_kw"].iloc[0] == pytest.approx(2.0)
-    assert sample("vpp_forecasting_measurements_total", {"outcome": "stored"}) == stored + 2
-    no_time = telemetry("site-a", at, 1.0, 1.0, message_id="m5")
+    assert measured("stored") == before["stored"] + 2
+    assert measured("duplicate") == before["duplicate"] + 1
+    assert measured("unknown_site") == before["unknown_site"] + 1
+    assert measured("unavailable") == before["unavailable"] + 1
+    assert measured("invalid") == before["invalid"] + 4
+
+
+def test_a_bad_sample_does_not_cost_the_good_ones_of_its_batch(
+    tmp_path: Path, real: tuple[pd.Series, pd.Series], caplog: pytest.LogCaptureFixture
+) -> None:
+    core = make_core(tmp_path, real, days=1)
+    at = NOW.floor(SLOT) + pd.Timedelta(minutes=2)
+    no_time = sample("site-a", at, 50.0, 50.0, "b-no-time")
     no_time.telemetry.ClearField("measured_at")
-    with pytest.raises(ValueError, match="measured_at"):  # the consumer dead-letters ValueErrors
-        core.on_telemetry(no_time)
-    with pytest.raises(ValueError, match="pv_power_kw"):
-        core.on_telemetry(telemetry("site-a", at, math.nan, 1.0, message_id="m6"))
-    with pytest.raises(ValueError, match="in the future"):
-        core.on_telemetry(telemetry("site-a", NOW + pd.Timedelta(hours=1), 1.0, 1.0, message_id="m7"))
+    batch = batch_envelope(
+        sample("site-a", at, 1.0, 2.0, "b1"),
+        sample("site-a", at, math.inf, 1.0, "b-inf"),
+        sample("site-b", at, 5.0, 6.0, "b2"),
+        no_time,
+        sample("site-a", NOW + pd.Timedelta(hours=2), 50.0, 50.0, "b-future"),
+        sample("site-a", at, 3.0, 4.0, "b3"),
+        sample("site-a", at, 3.0, 4.0, "b3"),  # the same sample twice in one record: counted once
+    )
+    invalid, stored = measured("invalid"), measured("stored")
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        ingest_batch(make_ingest(core, writer), batch)  # no ValueError: the record is not dead-lettered
+    both = core.store.history_many(["site-a", "site-b"], at.floor(SLOT), at.floor(SLOT) + SLOT)
+    assert both["site-a"]["pv_kw"].iloc[0] == pytest.approx(2.0)  # (1 + 3) / 2: no NaN, inf or 50 in it
+    assert both["site-a"]["load_kw"].iloc[0] == pytest.approx(3.0)
+    assert both["site-b"]["pv_kw"].iloc[0] == pytest.approx(5.0)
+    assert measured("invalid") == invalid + 3
+    assert measured("stored") == stored + 3
+    refused = [r for r in caplog.records if r.getMessage() == "telemetry_sample_refused"]
+    reasons = {r.fields["message_id"]: r.fields["reason"] for r in refused}  # type: ignore[attr-defined]
+    assert set(reasons) == {"b-inf", "b-no-time", "b-future"}
+    assert "pv_power_kw is not finite" in reasons["b-inf"]
+    assert "measured_at is missing" in reasons["b-no-time"]
+    assert "in the future" in reasons["b-future"]
+
+
+class FlakyStore:
+    """The real store behind a database that is down for the first ``failures`` writes."""
+
+    def __init__(self, store: HistoryStore, failures: int) -> None:
+        self.store = store
+        self.failures = failures
+        self.attempts = 0
+
+    def add_measurements(self, measurements: list[object], **kw: object) -> int:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise ConnectionError("database is down")
+        return self.store.add_measurements(measurements, **kw)  # type: ignore[arg-type]
+
+
+def test_store_outage_holds_the_record_until_it_is_stored(
+    tmp_path: Path, real: tuple[pd.Series, pd.Series], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler returns (so the consumer may commit) only once the samples are stored; the retry waits
+    with asyncio.sleep and ends at once when the service stops (the consumer task is cancelled)."""
+    import forecasting.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "RETRY_FIRST_S", 0.05)
+    core = make_core(tmp_path, real, days=1)
+    at = NOW.floor(SLOT) + pd.Timedelta(minutes=3)
+    errors = metric("vpp_forecasting_store_errors_total", {})
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        ingest = make_ingest(core, writer)
+        flaky = FlakyStore(core.store, failures=3)
+        ingest.store = flaky  # type: ignore[assignment]
+
+        record = consumed(batch_envelope(sample("site-a", at, 1.0, 2.0, "o1"), sample("site-a", at, 3.0, 4.0, "o2")))
+
+        async def outage() -> bool:
+            handled = asyncio.create_task(ingest.on_telemetry_batch(record))
+            await asyncio.sleep(0.1)
+            done_during_outage = handled.done()
+            await asyncio.wait_for(handled, 5)
+            return done_during_outage
+
+        assert asyncio.run(outage()) is False  # still retrying, so nothing could have been committed
+        assert flaky.attempts == 4
+        got = core.store.history("site-a", at.floor(SLOT), at.floor(SLOT) + SLOT)
+        assert got["pv_kw"].iloc[0] == pytest.approx(2.0) and got["load_kw"].iloc[0] == pytest.approx(3.0)
+        assert metric("vpp_forecasting_store_errors_total", {}) == errors + 3
+
+        # Stopping during an outage: cancelled in its sleep, promptly, having stored nothing.
+        ingest.store = FlakyStore(core.store, failures=10**6)  # type: ignore[assignment]
+
+        late = consumed(batch_envelope(sample("site-a", at, 100.0, 100.0, "o3")))
+
+        async def stop_during_outage() -> None:
+            handled = asyncio.create_task(ingest.on_telemetry_batch(late))
+            await asyncio.sleep(0.2)
+            handled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(handled, 1)
+
+        asyncio.run(stop_during_outage())
+    assert core.store.history("site-a", at.floor(SLOT), at.floor(SLOT) + SLOT)["pv_kw"].iloc[0] == pytest.approx(2.0)
 
 
 def test_live_error_of_the_p50_is_scored_once_measured(tmp_path: Path, real: tuple[pd.Series, pd.Series]) -> None:
     clock = Clock(NOW)
     core = make_core(tmp_path, real, days=8, clock=clock)
-    count = sample("vpp_forecasting_live_abs_error_kw_count", {"stream": "load"})
+    count = metric("vpp_forecasting_live_abs_error_kw_count", {"stream": "load"})
     published = core.refresh()
     p50 = next(fc for fc in published if fc.site_id == "site-a" and fc.stream == LOAD).points[0].values[1].power_kw
     slot = NOW.ceil(SLOT)
     clock.now = NOW + pd.Timedelta(minutes=30)
-    for i, load in enumerate((p50 + 1.0, p50 + 3.0)):  # slot mean = P50 + 2 kW
-        msg = telemetry("site-a", slot + pd.Timedelta(minutes=3 * i), 0.0, load, message_id=f"live{i}")
-        core.on_telemetry(msg)
+    # slot mean = P50 + 2 kW
+    samples = [sample("site-a", slot + pd.Timedelta(minutes=3 * i), 0.0, p50 + 1.0 + 2 * i, f"live{i}") for i in (0, 1)]
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        ingest_batch(make_ingest(core, writer), batch_envelope(*samples))
     core.refresh()
-    assert sample("vpp_forecasting_live_abs_error_kw_count", {"stream": "load"}) == count + 1
+    assert metric("vpp_forecasting_live_abs_error_kw_count", {"stream": "load"}) == count + 1
     # Only site-a's first slot was measured since: the MAE is that slot's error, 2 kW.
-    assert sample("vpp_forecasting_live_mae_kw", {"stream": "load"}) == pytest.approx(2.0, abs=1e-3)
+    assert metric("vpp_forecasting_live_mae_kw", {"stream": "load"}) == pytest.approx(2.0, abs=1e-3)

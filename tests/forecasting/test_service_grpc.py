@@ -9,7 +9,6 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
 
 from conftest import SITE_A, SITE_B, seed_store, small_settings, write_sites
-from forecasting.service import LOAD, NET, PV, ForecastingCore
+from forecasting.core import ForecastingCore, ModelThread
+from forecasting.mapping import LOAD, NET, PV
 from forecasting.servicer import SERVICE_NAME, ForecastingServicer
 from forecasting.sites import load_sites
 from forecasting.store import HistoryStore
@@ -74,13 +74,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, real: tuple[pd.Series, pd.S
     store.create_schema()
     seed_store(store, sites, real, HISTORY_DAYS, pd.Timestamp.now(tz="UTC"))
     core = ForecastingCore(settings, store, sites)
-    executor = ThreadPoolExecutor(max_workers=2)
-    server = ServerThread(ForecastingServicer(core, executor))
+    models = ModelThread(core)
+    server = ServerThread(ForecastingServicer(models))
     port = server.start()
     result = Served(port=port, core=core)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = forecasting_pb2_grpc.ForecastingServiceStub(channel)
-        # The first call fits site-a's models in a worker thread; the loop must keep answering meanwhile.
+        # The first call fits site-a's models on the model thread; the loop must keep answering meanwhile.
         started = time.perf_counter()
         first = stub.GetForecast.future(request(site_id="site-a", stream=PV), timeout=240)
         while not first.done():
@@ -94,7 +94,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, real: tuple[pd.Series, pd.S
         yield result
     finally:
         server.stop()
-        executor.shutdown(wait=True)
+        models.close()
         store.close()
 
 
@@ -217,3 +217,14 @@ def test_list_models_shows_scores_and_what_is_served(
 def test_fitting_never_blocks_the_event_loop(served: Served) -> None:
     assert served.latencies_during_fit_s, "the first GetForecast returned before any ListModels could run"
     assert max(served.latencies_during_fit_s) < 1.0, served.latencies_during_fit_s
+
+
+def test_undecodable_request_bytes_are_invalid_argument(served: Served) -> None:
+    """As an outside client would send them: bytes that are no protobuf message at all."""
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        for method in ("GetForecast", "ListModels"):
+            raw = channel.unary_unary(f"/{SERVICE_NAME}/{method}", request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info:
+                raw(b"\xff\xff\xff\xff", timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value.details())
+            assert info.value.details().startswith("request:")

@@ -1,11 +1,13 @@
-"""End to end through a real broker: telemetry Envelopes in on vpp.telemetry.v1 land in the store (once
-each), and forecasts come out on vpp.forecasts.v1; the service runs as ``python -m forecasting`` wires it."""
+"""End to end through a real broker: telemetry batches in on vpp.telemetry.v1 land in the store (each
+sample once), and forecasts come out on vpp.forecasts.v1; the service runs as ``python -m forecasting``
+wires it. A store outage holds the record's offset until its samples are stored."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,19 +16,21 @@ from typing import Any
 import grpc
 import pandas as pd
 import pytest
+from kafka import KafkaAdminClient
+from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
-from vpp.v1 import common_pb2, envelope_pb2, forecasting_pb2, forecasting_pb2_grpc, telemetry_pb2
+from vpp.v1 import common_pb2, envelope_pb2, forecasting_pb2, forecasting_pb2_grpc
 
-from conftest import SITE_A, small_settings, write_sites
-from forecasting.service import LOAD, NET, PV, Built, build
+from conftest import SITE_A, batch_envelope, sample, small_settings, write_sites
+from forecasting.mapping import LOAD, NET, PV
+from forecasting.service import Built, build
 from forecasting.settings import ForecastingSettings
-from forecasting.store import SLOT
+from forecasting.store import SLOT, HistoryStore, Measurement
 from kafka_helpers import producer
 from vpp_common.app import ServiceApp
-from vpp_common.broker import EmbeddedBroker
-from vpp_common.envelope import wrap
 from vpp_common.kafka import read_topic
 from vpp_common.topics import FORECASTS, TELEMETRY
+from vpp_devtools.broker import EmbeddedBroker
 
 
 @dataclass
@@ -79,24 +83,54 @@ class AppThread:
         self._thread.join(30)
 
 
+def service_settings(broker: EmbeddedBroker, tmp_path: Path, **overrides: Any) -> ForecastingSettings:
+    values: dict[str, Any] = {
+        "store_url": f"sqlite:///{tmp_path / 'history.sqlite'}",
+        "sites_file": write_sites(tmp_path / "sites.json", SITE_A),
+        "kafka_bootstrap_servers": broker.bootstrap_servers,
+        "kafka_session_timeout_ms": 6000,
+        # A group of its own per test: no offsets or members left over from another test.
+        "kafka_group_prefix": f"t{uuid.uuid4().hex[:8]}-",
+        "refresh_interval_s": 3600,  # the test asks for the second refresh itself
+        "instance_id": "test-forecasting",
+        **overrides,
+    }
+    return small_settings(**values)
+
+
 @pytest.fixture()
 def service(broker: EmbeddedBroker, tmp_path: Path, clean_env: None) -> Iterator[Running]:
-    sites_file = write_sites(tmp_path / "sites.json", SITE_A)
-    settings = small_settings(
-        store_url=f"sqlite:///{tmp_path / 'history.sqlite'}",
-        sites_file=sites_file,
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_session_timeout_ms=6000,
-        refresh_interval_s=3600,  # the test asks for the second refresh itself
-        instance_id="test-forecasting",
-        seed_days_if_empty=35,  # the service backfills the real series itself before its first refresh
-    )
-    runner = AppThread(settings)
+    # The service backfills the real series itself before its first refresh.
+    runner = AppThread(service_settings(broker, tmp_path, seed_days_if_empty=35))
     running = runner.start()
     try:
         yield running
     finally:
         runner.stop()
+
+
+@pytest.fixture()
+def unseeded_service(broker: EmbeddedBroker, tmp_path: Path, clean_env: None) -> Iterator[Running]:
+    """No history, so no model to fit: refreshes are instant and only the telemetry path is exercised."""
+    runner = AppThread(service_settings(broker, tmp_path, seed_days_if_empty=0))
+    running = runner.start()
+    try:
+        yield running
+    finally:
+        runner.stop()
+
+
+def wait_positioned(running: Running, timeout_s: float = 30) -> None:
+    """Until the telemetry consumer owns its partitions and knows where it reads them from: records
+    produced from then on are consumed (the group starts at the end of the topic)."""
+    consumer = running.built.consumer
+
+    def positioned() -> bool:
+        assignment = set(consumer.assignment)
+        progress = dict(consumer.progress)
+        return bool(assignment) and all(tp in progress and progress[tp].position >= 0 for tp in assignment)
+
+    wait_for(positioned, timeout_s, "the telemetry consumer to join its group and position itself")
 
 
 def forecasts_on_topic(bootstrap: str, at_least: int, timeout_s: float) -> list[tuple[str, envelope_pb2.Envelope]]:
@@ -109,10 +143,9 @@ def forecasts_on_topic(bootstrap: str, at_least: int, timeout_s: float) -> list[
     return out
 
 
-def telemetry_env(site: str, at: pd.Timestamp, pv: float, load: float, message_id: str) -> bytes:
-    t = telemetry_pb2.Telemetry(site_id=site, available=True, pv_power_kw=pv, load_power_kw=load)
-    t.measured_at.FromNanoseconds(at.value)
-    return wrap(t, source="test/agent", site_id=site, message_id=message_id).SerializeToString()
+def batch_bytes(*samples: tuple[float, float, str, pd.Timestamp], site: str = "site-a") -> bytes:
+    """One vpp.telemetry.v1 record value: a telemetry_batch of (pv, load, message id, measured at)."""
+    return batch_envelope(*(sample(site, at, pv, load, mid) for pv, load, mid, at in samples)).SerializeToString()
 
 
 def wait_for(check: Any, timeout_s: float, what: str) -> Any:
@@ -142,16 +175,15 @@ def test_telemetry_lands_in_the_store_and_forecasts_are_published(
         assert len(env.forecast.points) == 144 and env.forecast.resolution_s == 900
         assert env.source == "forecasting/test-forecasting"
 
-    # Telemetry in: three samples of the slot in progress, one of them delivered twice.
-    assert built.consumer.wait_assigned(30), "the telemetry consumer never joined its group"
+    # Telemetry in: three samples of the slot in progress in two batches, one sample delivered twice.
+    wait_positioned(service)
     slot = pd.Timestamp.now(tz="UTC").floor(SLOT)
     kp = producer(broker.bootstrap_servers)
-    samples = [(1.0, 0.5, "t1"), (2.0, 1.5, "t2"), (3.0, 2.5, "t3"), (2.0, 1.5, "t2")]
-    for i, (pv, load, mid) in enumerate(samples):
-        at = slot + pd.Timedelta(seconds=10 * min(i, 2))
-        kp.send(TELEMETRY.name, key=b"site-a", value=telemetry_env("site-a", at, pv, load, mid))
-    kp.send(TELEMETRY.name, key=b"site-a", value=b"not an envelope")  # dead-lettered, not fatal
-    kp.send(TELEMETRY.name, key=b"site-a", value=telemetry_env("site-a", slot, 7.0, 7.0, "t4"))
+    s10, s20 = slot + pd.Timedelta(seconds=10), slot + pd.Timedelta(seconds=20)
+    kp.send(TELEMETRY.name, key=b"p", value=batch_bytes((1.0, 0.5, "t1", slot), (2.0, 1.5, "t2", s10)))
+    kp.send(TELEMETRY.name, key=b"p", value=batch_bytes((3.0, 2.5, "t3", s20), (2.0, 1.5, "t2", s10)))
+    kp.send(TELEMETRY.name, key=b"p", value=b"not an envelope")  # dead-lettered, not fatal
+    kp.send(TELEMETRY.name, key=b"p", value=batch_bytes((7.0, 7.0, "t4", slot)))
     kp.flush(10)
     kp.close()
 
@@ -182,3 +214,63 @@ def test_telemetry_lands_in_the_store_and_forecasts_are_published(
         fc = stub.GetForecast(req, timeout=60)
         assert len(fc.points) == 96
         assert any(m.served for m in stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=10).models)
+
+
+class DatabaseDown:
+    """The service's store behind a switch: while ``down`` is set every write fails like a lost database."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+        self.down = threading.Event()
+        self.failed_writes = 0
+
+    def add_measurements(self, measurements: list[Measurement], **kw: Any) -> int:
+        if self.down.is_set():
+            self.failed_writes += 1
+            raise ConnectionError("connection to the database refused")
+        return self.store.add_measurements(measurements, **kw)
+
+
+def committed(bootstrap: str, group: str, tp: TopicPartition) -> int:
+    """The group's committed offset of ``tp`` as the broker has it (-1: none)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        meta = admin.list_group_offsets({group: [tp]}).get(group, {}).get(tp)
+    finally:
+        admin.close()
+    return -1 if meta is None or meta.offset is None else int(meta.offset)
+
+
+def test_store_outage_delays_the_commit_and_loses_nothing(unseeded_service: Running, broker: EmbeddedBroker) -> None:
+    running = unseeded_service
+    built = running.built
+    group = running.settings.group_id("forecasting-history")
+    db = DatabaseDown(built.store)
+    built.ingest.store = db  # type: ignore[assignment]
+    wait_positioned(running)
+    slot = pd.Timestamp.now(tz="UTC").floor(SLOT) - pd.Timedelta(hours=1)  # a slot no other test writes
+    tag = uuid.uuid4().hex[:8]
+
+    db.down.set()
+    kp = producer(broker.bootstrap_servers)
+    first = kp.send(
+        TELEMETRY.name, key=b"p", value=batch_bytes((2.0, 1.0, f"{tag}-1", slot), (4.0, 3.0, f"{tag}-2", slot))
+    ).get(10)
+    tp = TopicPartition(TELEMETRY.name, first.partition)
+    wait_for(lambda: db.failed_writes >= 3, 30, "the write to be retried")
+    # Still retrying: the record's offset is not committed, so a crash now would deliver it again.
+    assert committed(broker.bootstrap_servers, group, tp) <= first.offset
+    assert built.store.history("site-a", slot, slot + SLOT).isna().all().all()
+
+    # The database is back: the samples are stored once, and only then is the offset committed.
+    second = kp.send(
+        TELEMETRY.name, key=b"p", value=batch_bytes((6.0, 5.0, f"{tag}-3", slot), (2.0, 1.0, f"{tag}-1", slot))
+    ).get(10)
+    kp.close()
+    db.down.clear()
+    assert second.partition == first.partition  # same key
+    wait_for(lambda: committed(broker.bootstrap_servers, group, tp) > second.offset, 30, "the offsets to be committed")
+    row = built.store.history("site-a", slot, slot + SLOT).iloc[0]
+    assert row["pv_kw"] == pytest.approx(4.0)  # (2 + 4 + 6) / 3: nothing lost, the repeated sample once
+    assert row["load_kw"] == pytest.approx(3.0)
+    assert db.failed_writes >= 3

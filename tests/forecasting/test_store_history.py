@@ -88,8 +88,32 @@ def test_dedupe_window_is_pruned(store: HistoryStore) -> None:
     assert store.add_measurement(meas("old", 0, 1.0, 1.0))
 
 
+def test_a_record_is_one_transaction_idempotent_per_message_id(store: HistoryStore) -> None:
+    """``add_measurements``: one Kafka record's samples, all or nothing, each message id counted once."""
+    record = [
+        meas("b1", 0, 2.0, 1.0),
+        meas("b2", 1, 4.0, None),
+        meas("b1", 2, 100.0, 100.0),  # the same id again within the record: the first one counts
+        meas("b3", 16, 5.0, 5.0, site="s2"),
+    ]
+    assert store.add_measurements(record) == 3
+    assert store.add_measurements(record) == 0  # the record re-delivered
+    assert store.add_measurements([meas("b2", 1, 4.0, None), meas("b4", 3, 6.0, 3.0)]) == 1
+    got = frame(store)
+    assert got["pv_kw"].iloc[0] == pytest.approx(4.0)  # (2 + 4 + 6) / 3
+    assert got["load_kw"].iloc[0] == pytest.approx(2.0)  # (1 + 3) / 2: b2 measured no load
+    assert frame(store, site="s2")["pv_kw"].iloc[1] == pytest.approx(5.0)
+    # A failure half-way through rolls back everything, the seen ids included: a retry stores it all.
+    bad = Measurement("c2", "s1", datetime(2025, 3, 10, 12, 5), 1.0, 1.0)  # naive time: refused
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.add_measurements([meas("c1", 4, 8.0, 8.0), bad])
+    assert store.add_measurements([meas("c1", 4, 8.0, 8.0)]) == 1
+    assert store.add_measurements([]) == 0
+
+
 def test_concurrent_writers_and_readers(store: HistoryStore) -> None:
-    """The consumer thread writes while scheduler/gRPC threads read."""
+    """The service writes from one thread while the model thread reads; several writers are safe too
+    (the database arbitrates: the store itself keeps no lock)."""
     errors: list[BaseException] = []
 
     def write(prefix: str) -> None:

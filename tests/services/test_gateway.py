@@ -12,13 +12,10 @@ from typing import Any
 
 import grpc
 import pytest
-from vpp.v1 import dispatch_pb2, envelope_pb2, gateway_pb2, telemetry_pb2
+from vpp.v1 import dispatch_pb2, gateway_pb2, telemetry_pb2
 
 from gateway.auth import site_token
-from kafka_helpers import producer
-from vpp_common.envelope import wrap
-from vpp_common.kafka import read_topic
-from vpp_common.topics import COMMANDS, TELEMETRY
+from kafka_helpers import ack_records, send_commands, telemetry_records
 from vpp_demo.stack import DEMO_SECRET, Stack
 
 SITE = "site-gw-1"
@@ -130,22 +127,17 @@ def test_telemetry_reaches_kafka_once_and_bad_messages_do_not_kill_the_stream(st
     again.send(telemetry(SITE, 4, soc=44.0))
     again.expect(lambda m: m.ack_seq == 4)
 
-    records = read_topic(stack.bootstrap_servers, TELEMETRY.name, TELEMETRY.partitions, min_records=3)
-    mine = [r for r in records if r.key == SITE.encode()]
-    socs = sorted(envelope_pb2.Envelope.FromString(r.value).telemetry.soc_pct for r in mine)
-    assert socs == [41.0, 43.0, 44.0]
-    ids = {envelope_pb2.Envelope.FromString(r.value).message_id for r in mine}
-    assert ids == {f"{SITE}:epoch-a:1", f"{SITE}:epoch-a:3", f"{SITE}:epoch-a:4"}
+    mine = [r for r in telemetry_records(stack.bootstrap_servers, min_records=3) if r.telemetry.site_id == SITE]
+    assert sorted(r.telemetry.soc_pct for r in mine) == [41.0, 43.0, 44.0]
+    assert {r.message_id for r in mine} == {f"{SITE}:epoch-a:1", f"{SITE}:epoch-a:3", f"{SITE}:epoch-a:4"}
 
-    # commands for this site come down this stream (retry while the gateway's group join completes)
-    prod = producer(stack.bootstrap_servers)
+    # commands for this site come down this stream (retry until the gateway's command reader is at the end)
     deadline = time.monotonic() + 30
     got = None
     while got is None and time.monotonic() < deadline:
         cmd = dispatch_pb2.DispatchCommand(command_id=f"c-{time.monotonic_ns()}", site_id=SITE, battery_setpoint_kw=2.5)
         cmd.valid_until.FromNanoseconds(time.time_ns() + 30 * 10**9)
-        env = wrap(cmd, source="test", site_id=SITE)
-        prod.send(COMMANDS.name, key=SITE.encode(), value=env.SerializeToString()).get(10)
+        send_commands(stack.bootstrap_servers, [cmd])
         try:
             got = again.expect(lambda m: m.HasField("command"), timeout_s=1.5)
         except AssertionError:
@@ -160,12 +152,43 @@ def test_telemetry_reaches_kafka_once_and_bad_messages_do_not_kill_the_stream(st
     assert "vpp_gateway_stream_reconnects_total" in metrics
 
 
+def test_a_batch_keeps_every_sample_once_with_its_own_seq(stack: Stack) -> None:
+    """Agents batch samples (and acks) into one message: each entry is written once under its own
+    seq, a foreign entry is refused alone, a re-sent batch writes nothing twice, acks are cumulative."""
+    site = "site-gw-batch"
+    agent = AgentStream(stack.target("gateway"), site, site_token(DEMO_SECRET, site))
+    agent.send(hello(site, "eb"))
+    agent.expect(lambda m: m.HasField("welcome"))
+    batch = gateway_pb2.Batch()
+    for seq in (1, 2, 3):
+        t = batch.entries.add(seq=seq).telemetry
+        t.CopyFrom(telemetry(site, seq, soc=10.0 + seq).telemetry)
+    batch.entries.add(seq=4).ack.CopyFrom(dispatch_pb2.CommandAck(command_id="cmd-1", site_id=site))
+    foreign = batch.entries.add(seq=5).telemetry
+    foreign.CopyFrom(telemetry("not-me", 5).telemetry)
+    batch.entries.add(seq=6).telemetry.CopyFrom(telemetry(site, 6, soc=16.0).telemetry)
+    agent.send(gateway_pb2.AgentMessage(seq=6, site_id=site, batch=batch))
+    refusal = agent.expect(lambda m: m.HasField("refusal"))
+    assert refusal.refusal.refused_seq == 5 and "site_mismatch" in refusal.refusal.reason
+    agent.expect(lambda m: m.ack_seq == 6)
+    agent.send(gateway_pb2.AgentMessage(seq=6, site_id=site, batch=batch))  # a re-send after a lost ack
+    agent.expect(lambda m: m.ack_seq == 6)
+    agent.close()
+
+    mine = [r for r in telemetry_records(stack.bootstrap_servers, min_records=4) if r.telemetry.site_id == site]
+    assert sorted(r.message_id for r in mine) == [f"{site}:eb:{s}" for s in (1, 2, 3, 6)]
+    assert sorted(r.telemetry.soc_pct for r in mine) == [11.0, 12.0, 13.0, 16.0]
+    acks = [r for r in ack_records(stack.bootstrap_servers, min_records=1) if r.ack.site_id == site]
+    assert [r.message_id for r in acks] == [f"{site}:eb:4"]
+    assert not any(r.telemetry.site_id == "not-me" for r in telemetry_records(stack.bootstrap_servers))
+
+
 def test_a_command_reaches_the_replica_that_holds_the_site(stack: Stack) -> None:
     """Two gateway replicas: each reads every command and delivers only to its own sites."""
     import subprocess
     import sys
 
-    from vpp_common.netutil import free_port, wait_for_port
+    from vpp_devtools.netutil import free_port, wait_for_port
 
     env = stack._service_env("gateway")  # same broker and secret as replica 0
     port_b, metrics_b = free_port(), free_port()
@@ -179,17 +202,15 @@ def test_a_command_reaches_the_replica_that_holds_the_site(stack: Stack) -> None
         for agent, site in ((on_a, site_a), (on_b, site_b)):
             agent.send(hello(site, "e1"))
             agent.expect(lambda m: m.HasField("welcome"))
-        prod = producer(stack.bootstrap_servers)
 
         def send(site: str) -> None:
             cmd = dispatch_pb2.DispatchCommand(command_id=f"{site}-{time.monotonic_ns()}", site_id=site)
             cmd.valid_until.FromNanoseconds(time.time_ns() + 30 * 10**9)
-            env = wrap(cmd, source="test", site_id=site)
-            prod.send(COMMANDS.name, key=site.encode(), value=env.SerializeToString()).get(10)
+            send_commands(stack.bootstrap_servers, [cmd])
 
         got: dict[str, gateway_pb2.GatewayMessage] = {}
         deadline = time.monotonic() + 40
-        while len(got) < 2 and time.monotonic() < deadline:  # until both replicas' group joins are done
+        while len(got) < 2 and time.monotonic() < deadline:  # until both replicas' command readers are up
             for site, agent in ((site_a, on_a), (site_b, on_b)):
                 if site not in got:
                     send(site)

@@ -33,7 +33,7 @@ def test_offline_sites_are_left_out_and_setpoints_add_baseline() -> None:
 def test_delivery_is_measured_against_baselines() -> None:
     tr = make()
     tr.plan_step(1, 7.0, 100.0)
-    rec = tr.close_step({"a": 5.0, "b": 3.0}, online={"a", "b"})
+    rec = tr.close_step({"a": 5.0, "b": 3.0}, online={"a", "b"}, step=1)
     assert rec is not None and rec.delivered_kw == pytest.approx(7.0)
     assert tr.mean_abs_error_kw() == pytest.approx(0.0)
 

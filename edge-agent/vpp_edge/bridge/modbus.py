@@ -87,12 +87,12 @@ class ModbusBridge:
     def _mark(self, ok: bool, op: str, error: str = "") -> None:
         if ok and self._failing:
             self._failing = False
-            log.info("modbus link recovered", extra=kv(host=self.host, port=self.port))
+            log.info("modbus_link_recovered", extra=kv(host=self.host, port=self.port))
         elif not ok:
             self.metrics.modbus_errors.labels(op=op).inc()
             if not self._failing:
                 self._failing = True
-                log.warning("modbus link failing", extra=kv(host=self.host, port=self.port, op=op, error=error))
+                log.warning("modbus_link_failing", extra=kv(host=self.host, port=self.port, op=op, error=error))
 
     async def _execute(self, op: str, address: int, request: _Request) -> ModbusPDU:
         async with self._lock:

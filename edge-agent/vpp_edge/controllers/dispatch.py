@@ -46,7 +46,7 @@ class DispatchController:
         if command is None:
             return []
         if not self.is_valid(command, ctx.now):
-            log.info("dispatch command expired, back to local control", extra=kv(command_id=command.command_id))
+            log.info("dispatch_command_expired", extra=kv(command_id=command.command_id, fallback="local_control"))
             self.active = None
             if self.on_expired is not None:
                 self.on_expired(command)

@@ -131,7 +131,7 @@ class HybridInverter:
         self._blocks = plan_blocks(model_map, [self._points[n] for n in read_names])
         self.model_map = model_map
         log.info(
-            "sunspec device discovered",
+            "sunspec_device_discovered",
             extra=kv(base=model_map.base_address, models=sorted(found), read_blocks=len(self._blocks)),
         )
         return model_map

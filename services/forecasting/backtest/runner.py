@@ -37,10 +37,12 @@ from forecasting.models.baselines import (
     PvPersistenceForecaster,
     SmartPersistenceForecaster,
 )
-from forecasting.models.load import LoadForecaster, SeasonalNaiveForecaster, day_ahead_issues
+from forecasting.models.load import LoadForecaster
 from forecasting.models.physics import pv_physics
 from forecasting.models.pv import PvForecaster
+from forecasting.models.seasonal_naive import SeasonalNaiveForecaster
 from forecasting.models.site import PvSite
+from forecasting.models.validation import day_ahead_issues
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 Plan = list[tuple[pd.Timestamp, pd.DatetimeIndex]]

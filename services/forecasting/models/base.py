@@ -20,6 +20,7 @@ Conventions (shared with the forecasting service):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -174,3 +175,15 @@ def masked_take(values: np.ndarray, idx: np.ndarray, limit: np.ndarray | int) ->
     out = np.full(idx.shape, np.nan)
     out[ok] = values[idx[ok]]
     return out
+
+
+def slot_positions(grid_start: pd.Timestamp, slots: pd.DatetimeIndex) -> np.ndarray:
+    """Grid positions of ``slots`` on a grid starting at ``grid_start``."""
+    return np.asarray((slots - grid_start) // SLOT, dtype=np.int64)
+
+
+def nanmean_rows(stack: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; an all-NaN column is NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.nanmean(stack, axis=0)

@@ -1,30 +1,28 @@
 """Site-load forecasting: LightGBM quantile regression with an honest fallback.
 
-* :class:`SeasonalNaiveForecaster` -- the same slot 7 days earlier (14, 21, 28
-  if that is missing), with a band from the empirical distribution of its own
-  errors over the last ``error_window_days`` before the issue time.
-* :class:`LoadForecaster` -- one LightGBM model per level of a quantile grid
-  on calendar features, lags that are available at the issue time (same slot
-  1-28 days back, masked when not yet measured) and recent means/volatility.
-  Training rows replay the intended use: issues at ``train_issue_hours``
-  (local time) for leads 0..36 h.  The last ``calib_days`` of the history are
-  held out to compute per-quantile conformal shifts (so the P10-P90 band covers
-  ~80% out of sample); ``refit_after_calibration`` then refits on everything
-  (off by default: it doubles the cost for little gain, lags carry recent data).  With fewer than
-  ``min_history_days`` of data it serves the seasonal-naive fallback.
-* :func:`choose_served_model` -- backtests candidates day-ahead on the last
-  ``validation_days`` and refuses any model that does not beat the fallback.
+:class:`LoadForecaster` -- one LightGBM model per level of a quantile grid
+on calendar features, lags that are available at the issue time (same slot
+1-28 days back, masked when not yet measured) and recent means/volatility.
+Training rows replay the intended use: issues at ``train_issue_hours``
+(local time) for leads 0..36 h.  The last ``calib_days`` of the history are
+held out to compute per-quantile conformal shifts (so the P10-P90 band covers
+~80% out of sample); ``refit_after_calibration`` then refits on everything
+(off by default: it doubles the cost for little gain, lags carry recent data).  With fewer than
+``min_history_days`` of data it serves the seasonal-naive fallback
+(:mod:`forecasting.models.seasonal_naive`).
+
+The helpers it shares with the PV model and the service live in modules named for their role:
+:mod:`~forecasting.models.quantile_boosting` (LightGBM quantile training),
+:mod:`~forecasting.models.seasonal_naive` (the fallback) and
+:mod:`~forecasting.models.validation` (day-ahead validation, ``choose_served_model``).
 
 Public API::
 
-    SeasonalNaiveForecaster(season_days=7, error_window_days=56)
     LoadForecaster(quantile_grid=..., timezone="UTC", ...)
-    choose_served_model(candidates, history, validation_days=28, ...) -> (model, scores)
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +31,8 @@ import numpy as np
 import pandas as pd
 
 from forecasting.models.base import (
-    DEFAULT_QUANTILES,
     SLOT,
     SLOTS_PER_DAY,
-    QuantileForecaster,
     check_quantiles,
     check_slots,
     empirical_shift,
@@ -44,114 +40,13 @@ from forecasting.models.base import (
     issue_position,
     masked_take,
     monotone_frame,
-    pinball_loss,
+    nanmean_rows,
+    slot_positions,
     to_grid,
     window_sum,
 )
-
-QUANTILE_GRID: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-
-
-def lgb_params(
-    learning_rate: float, num_leaves: int, min_data_in_leaf: int, num_threads: int, seed: int
-) -> dict[str, Any]:
-    """Deterministic LightGBM settings (fixed seeds, bounded threads)."""
-    return {
-        "learning_rate": learning_rate,
-        "num_leaves": num_leaves,
-        "min_data_in_leaf": min_data_in_leaf,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "feature_fraction": 0.9,
-        "num_threads": num_threads,
-        "seed": seed,
-        "deterministic": True,
-        "force_col_wise": True,
-        "verbose": -1,
-    }
-
-
-def train_quantile_models(
-    X: np.ndarray,
-    y: np.ndarray,
-    weight: np.ndarray | None,
-    quantile_grid: Sequence[float],
-    params: dict[str, Any],
-    n_estimators: int,
-) -> dict[float, lgb.Booster]:
-    """One LightGBM booster per quantile level (objective ``quantile``)."""
-    models = {}
-    for q in quantile_grid:
-        data = lgb.Dataset(X, label=y, weight=weight, params={"verbose": -1})
-        p = dict(params, objective="quantile", alpha=float(q))
-        models[float(q)] = lgb.train(p, data, num_boost_round=n_estimators)
-    return models
-
-
-def _slot_positions(grid_start: pd.Timestamp, slots: pd.DatetimeIndex) -> np.ndarray:
-    return np.asarray((slots - grid_start) // SLOT, dtype=np.int64)
-
-
-def _nanmean_rows(stack: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        return np.nanmean(stack, axis=0)
-
-
-class SeasonalNaiveForecaster:
-    """Same slot one week earlier plus empirical error quantiles (the fallback)."""
-
-    is_fallback = True
-
-    def __init__(self, season_days: int = 7, error_window_days: int = 56) -> None:
-        self.name = "seasonal_naive"
-        self.season_slots = season_days * SLOTS_PER_DAY
-        self.error_window_slots = error_window_days * SLOTS_PER_DAY
-        self._y = np.empty(0)
-        self._start: pd.Timestamp | None = None
-
-    def fit(self, history: pd.Series) -> None:
-        """Nothing to learn: remember the history."""
-        self.update(history)
-
-    def update(self, history: pd.Series) -> None:
-        """Replace the remembered measurements."""
-        s = to_grid(history)
-        self._start = s.index[0] if len(s) else None
-        self._y = s.to_numpy(dtype=float)
-
-    def point(self, i: int, j: np.ndarray) -> np.ndarray:
-        """Seasonal-naive point forecast for target positions ``j`` issued at ``i``."""
-        out = np.full(j.shape, np.nan)
-        for m in range(1, 5):
-            cand = masked_take(self._y, j - m * self.season_slots, i)
-            fill = np.isnan(out)
-            out[fill] = cand[fill]
-        return out
-
-    def predict(
-        self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
-    ) -> pd.DataFrame:
-        """Quantiles = point + empirical quantiles of past seasonal-naive errors, >= 0."""
-        qs = check_quantiles(quantiles)
-        utc = check_slots(slots)
-        if self._start is None:
-            return monotone_frame(np.zeros((len(slots), len(qs))), slots, qs)
-        i = issue_position(self._start, issue_time)
-        j = _slot_positions(self._start, utc)
-        point = self.point(i, j)
-        t = np.arange(max(i - self.error_window_slots, 0), max(min(i, len(self._y)), 0))
-        err = self._y[t] - masked_take(self._y, t - self.season_slots, i) if len(t) else t
-        err = err[np.isfinite(err)] if len(t) else np.empty(0)
-        recent = self._y[max(i - self.season_slots, 0) : max(min(i, len(self._y)), 0)]
-        level = float(np.nanmedian(recent)) if np.isfinite(recent).any() else 0.0
-        point = np.where(np.isnan(point), level, point)
-        if len(err) < SLOTS_PER_DAY:  # too little to learn errors: spread of recent data
-            err = recent[np.isfinite(recent)] - level if np.isfinite(recent).any() else np.zeros(1)
-        shifts = np.quantile(err, qs)
-        values = np.clip(point[:, None] + shifts[None, :], 0.0, None)
-        return monotone_frame(values, slots, qs)
-
+from forecasting.models.quantile_boosting import QUANTILE_GRID, lgb_params, train_quantile_models
+from forecasting.models.seasonal_naive import SeasonalNaiveForecaster
 
 FEATURES = [
     "lead_slots",
@@ -217,8 +112,8 @@ def load_features(hist: _History, i: np.ndarray, j: np.ndarray, tz: str) -> np.n
         lag[3],
         lag[7],
         lag[14],
-        _nanmean_rows(weeks),
-        _nanmean_rows(days),
+        nanmean_rows(weeks),
+        nanmean_rows(days),
         masked_take(y, i - 1, i),
         m1h,
         m24,
@@ -351,77 +246,9 @@ class LoadForecaster:
             return self.fallback.predict(issue_time, slots, qs)
         hist = self._hist
         i = issue_position(hist.start, issue_time)
-        j = _slot_positions(hist.start, utc)
+        j = slot_positions(hist.start, utc)
         X = load_features(hist, np.full(len(j), i), j, self.timezone)
         raw = self._raw_predict(self._models, X)
         raw += np.array([self.shifts_kw.get(q, 0.0) for q in self.quantile_grid])[None, :]
         values = np.clip(interpolate_quantiles(self.quantile_grid, raw, qs), 0.0, None)
         return monotone_frame(values, slots, qs)
-
-
-def day_ahead_issues(
-    days: pd.DatetimeIndex, timezone: str, issue_hour: int = 12
-) -> list[tuple[pd.Timestamp, pd.DatetimeIndex]]:
-    """(issue time, slots of day D) for each local day D: issued at ``issue_hour`` on D-1."""
-    out = []
-    for day in days:
-        start = pd.Timestamp(day.date()).tz_localize(timezone)
-        end = (pd.Timestamp(day.date()) + pd.Timedelta(days=1)).tz_localize(timezone)
-        slots = pd.date_range(start.tz_convert("UTC"), end.tz_convert("UTC"), freq=SLOT,
-                              inclusive="left")
-        issue = (pd.Timestamp(day.date()) - pd.Timedelta(days=1) + pd.Timedelta(hours=issue_hour))
-        out.append((issue.tz_localize(timezone).tz_convert("UTC"), slots))
-    return out
-
-
-def choose_served_model(
-    candidates: Sequence[QuantileForecaster],
-    history: pd.Series,
-    validation_days: int = 28,
-    quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    timezone: str = "UTC",
-    issue_hour: int = 12,
-    min_improvement: float = 0.0,
-) -> tuple[QuantileForecaster, dict[str, float]]:
-    """Pick the model to serve from a day-ahead validation on the last days of history.
-
-    Every candidate is fit on the history before the validation window, fed the
-    full history (``update``) and asked for day-ahead forecasts of each of the
-    last ``validation_days`` local days.  Score = mean pinball loss (kW) over
-    ``quantiles``.  The fallback (the candidate with ``is_fallback``, else a new
-    :class:`SeasonalNaiveForecaster`) is served unless another candidate's score
-    is lower by more than ``min_improvement`` (relative).  The returned model
-    is refit on the whole history.  Returns ``(model, {name: score})``.
-    """
-    s = to_grid(history)
-    qs = check_quantiles(quantiles)
-    pool = list(candidates)
-    fallback = next((c for c in pool if getattr(c, "is_fallback", False)), None)
-    if fallback is None:
-        fallback = SeasonalNaiveForecaster()
-        pool.append(fallback)
-    last_valid = s.dropna().index[-1]
-    last_day = (last_valid.tz_convert(timezone) + SLOT).normalize() - pd.Timedelta(days=1)
-    days = pd.date_range(last_day - pd.Timedelta(days=validation_days - 1), last_day, freq="D")
-    plan = day_ahead_issues(days, timezone, issue_hour)
-    first_issue = plan[0][0]
-    scores: dict[str, float] = {}
-    for model in pool:
-        model.fit(s[s.index < first_issue])
-        model.update(s)
-        losses = []
-        for issue, slots in plan:
-            fc = model.predict(issue, slots, qs)
-            y = s.reindex(slots).to_numpy()
-            ok = np.isfinite(y)
-            if ok.any():
-                losses.append(
-                    np.mean([pinball_loss(y[ok], fc[q].to_numpy()[ok], q) for q in qs], axis=0)
-                )
-        scores[model.name] = float(np.mean(np.concatenate(losses))) if losses else np.inf
-    base = scores[fallback.name]
-    best = min(pool, key=lambda m: scores[m.name])
-    if best is not fallback and not scores[best.name] < base * (1.0 - min_improvement):
-        best = fallback
-    best.fit(s)
-    return best, scores

@@ -61,8 +61,8 @@ from forecasting.models.base import (
     to_grid,
     window_sum,
 )
-from forecasting.models.load import QUANTILE_GRID, lgb_params, train_quantile_models
 from forecasting.models.physics import pv_physics
+from forecasting.models.quantile_boosting import QUANTILE_GRID, lgb_params, train_quantile_models
 from forecasting.models.site import PvSite
 
 __all__ = ["DEFAULT_K_QUANTILES", "PvForecaster", "PvSite"]

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from vpp_common.netutil import free_port, wait_for_port
-from vpp_common.process import die_with_parent
+from vpp_devtools.netutil import free_port, wait_for_port
+from vpp_devtools.process import die_with_parent
 
 
 def tansu_binary() -> Path:
@@ -30,9 +30,12 @@ class EmbeddedBroker:
         storage: str = "memory://tansu/",
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        advertised_port: int | None = None,
     ) -> None:
+        """``advertised_port``: the port clients are told to use after bootstrap (a proxy in front)."""
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.storage = storage
         self.log_path = log_path
         self.env = env or {}
@@ -44,6 +47,7 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -52,7 +56,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 self.storage,
             ],
