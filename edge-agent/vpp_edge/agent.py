@@ -57,6 +57,7 @@ class EdgeAgent:
             outbox_max=settings.outbox_max,
             batch_interval_s=settings.uplink_batch_interval_s,
             ack_max_delay_s=settings.uplink_ack_max_delay_s,
+            ack_spread_s=settings.uplink_ack_spread_s,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reconnect_min_s=settings.reconnect_min_s,
             reconnect_max_s=settings.reconnect_max_s,

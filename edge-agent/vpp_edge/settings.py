@@ -33,6 +33,8 @@ class EdgeSettings(BaseSettings):
     # sample inside one ~10 us: docs/scaling.md has the costs. Aggregation's stale_after_s must exceed it.
     uplink_batch_interval_s: float = Field(default=10.0, ge=0, le=60)
     uplink_ack_max_delay_s: float = Field(default=1.5, gt=0, le=60)
+    # A command ack waits a random 0..this long, so a fleet commanded together answers spread out.
+    uplink_ack_spread_s: float = Field(default=1.0, ge=0, le=10)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)

@@ -8,9 +8,10 @@ heartbeats. The outbox is bounded: when full the oldest telemetry goes, acks nev
 
 Batching (docs/scaling.md): a stream message costs the gateway far more CPU than a sample inside
 one, so samples wait up to ``batch_interval_s`` and go together in one ``Batch`` message (each
-keeps its own seq and timestamp). A command ack goes at once, with every sample taken so far: under
-an aFRR activation that is one message per 4 s step, and it brings dispatch the samples that show
-how the site delivered the previous step. Our ack_seq for the gateway's messages rides on the next
+keeps its own seq and timestamp). A command ack goes within ``ack_spread_s`` (at a random moment,
+so a fleet that got its commands together does not answer in one burst), with every sample taken so
+far: under an aFRR activation that is one message per 4 s step, and it brings dispatch the samples
+that show how the site delivered the previous step. Our ack_seq for the gateway's messages rides on the next
 write, or on a heartbeat after ``ack_max_delay_s``. ``batch_interval_s=0`` sends every entry at
 once, each in its own message (no ``Batch``).
 """
@@ -60,6 +61,7 @@ class Uplink:
         reconnect_max_s: float = 30.0,
         batch_interval_s: float = 0.0,
         ack_max_delay_s: float = 1.5,
+        ack_spread_s: float = 0.0,
         max_batch_entries: int = 64,
     ) -> None:
         self.site_id = site_id
@@ -73,6 +75,8 @@ class Uplink:
         self.reconnect_max_s = reconnect_max_s
         self.batch_interval_s = batch_interval_s
         self.ack_max_delay_s = ack_max_delay_s
+        self.ack_spread_s = ack_spread_s
+        self._ack_flush_at: float | None = None  # when the unsent command ack goes
         self.max_batch_entries = max_batch_entries
         self.agent_epoch = uuid.uuid4().hex
         self.outbox: OrderedDict[int, gateway_pb2.AgentMessage] = OrderedDict()
@@ -110,7 +114,10 @@ class Uplink:
         message.seq = self._next_seq
         self._next_seq += 1
         self.outbox[message.seq] = message
-        self._queued_at[message.seq] = time.monotonic()
+        now = time.monotonic()
+        self._queued_at[message.seq] = now
+        if self._ack_flush_at is None and message.WhichOneof("body") == "ack":
+            self._ack_flush_at = now + (random.uniform(0.0, self.ack_spread_s) if self.ack_spread_s > 0 else 0.0)
         self.metrics.uplink_outbox_size.set(len(self.outbox))
         self._wake.set()
         return message.seq
@@ -254,9 +261,14 @@ class Uplink:
             return float("inf")
         if self.batch_interval_s <= 0 or len(unsent) >= self.max_batch_entries:
             return now
-        if any(self.outbox[s].WhichOneof("body") == "ack" for s in unsent):
-            return now  # a command ack goes at once, with the samples of the step before it
-        return self._queued_at.get(unsent[0], now) + self.batch_interval_s
+        flush_at = self._queued_at.get(unsent[0], now) + self.batch_interval_s
+        if self._ack_flush_at is not None:
+            if any(self.outbox[s].WhichOneof("body") == "ack" for s in unsent):
+                # A command ack goes soon, with the samples of the step before it.
+                flush_at = min(flush_at, self._ack_flush_at)
+            else:
+                self._ack_flush_at = None  # it went already (a reconnect's catch-up) or was refused
+        return flush_at
 
     async def _write_entries(self, call: grpc.aio.StreamStreamCall, seqs: list[int]) -> int:
         """One stream message for ``seqs`` (a Batch unless it is a single entry); returns the last seq."""
@@ -279,6 +291,8 @@ class Uplink:
             kind = "batch"
         await call.write(message)
         self._ack_dirty = False
+        if any(m.WhichOneof("body") == "ack" for m in messages):
+            self._ack_flush_at = None
         self.metrics.uplink_sent.labels(kind=kind).inc()
         return seqs[-1]
 

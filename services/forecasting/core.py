@@ -22,7 +22,6 @@ one owner thread (see its docstring for why that replaces every lock).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -323,19 +322,21 @@ class ModelThread:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """One job on the model thread; the model summaries it leaves come back with its result (a
+        cancelled caller's are picked up by the next job)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._job, loop, functools.partial(fn, *args))
-
-    def _job(self, loop: asyncio.AbstractEventLoop, call: Callable[[], T]) -> T:
-        """On the model thread: the call, then the summaries handed over (before the caller resumes,
-        and even if the caller was cancelled meanwhile)."""
-        try:
-            return call()
-        finally:
-            summaries = self.core.summaries()
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
-                loop.call_soon_threadsafe(self._set_summaries, summaries)
-
-    def _set_summaries(self, summaries: tuple[ModelSummary, ...]) -> None:
+        error, result, summaries = await loop.run_in_executor(self._executor, self._job, functools.partial(fn, *args))
         self._summaries = summaries
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]
+
+    def _job(self, call: Callable[[], T]) -> tuple[BaseException | None, T | None, tuple[ModelSummary, ...]]:
+        """On the model thread: the call, and a snapshot of the summaries after it."""
+        try:
+            result: T | None = call()
+            error: BaseException | None = None
+        except Exception as exc:
+            result, error = None, exc
+        return error, result, self.core.summaries()
 

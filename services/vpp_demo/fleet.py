@@ -8,8 +8,9 @@ its own ``EdgeGateway/Connect`` stream, speaking the protocol the way ``vpp_edge
 * hello (epoch, last gateway seq), nothing sent before the Welcome; entries the Welcome covers leave
   the outbox and the rest is re-sent at once, in messages of at most 64 entries;
 * one seq per outbox entry per epoch, from 1; samples wait up to ``batch_interval_s`` (10 s, the agent's
-  default) and go as one ``Batch``; a ``CommandAck`` goes at once with the samples taken so far (those
-  of the step before it); a single entry goes as a plain telemetry/ack message, not a Batch;
+  default) and go as one ``Batch``; a ``CommandAck`` goes within ``ack_spread_s`` (at a random moment)
+  with the samples taken so far (those of the step before it); a single entry goes as a plain
+  telemetry/ack message, not a Batch;
 * every entry stays in the outbox until the gateway's cumulative ``ack_seq`` covers it (bounded like
   the agent's: the oldest telemetry goes first); streams reconnect with jittered backoff;
 * gateway messages with a seq are processed once per session, commands once per ``command_id``; our
@@ -274,6 +275,7 @@ class SiteLink:
 
     __slots__ = (
         "ack_dirty_since",
+        "ack_flush_at",
         "ack_seqs",
         "call",
         "dropping",
@@ -312,6 +314,7 @@ class SiteLink:
         self.unsent: list[Entry] = []
         self.watch: deque[Entry] = deque()  # entries not yet judged overdue (oldest first)
         self.first_unsent_ack_at = -1.0
+        self.ack_flush_at = 0.0
         self.inflight: deque[tuple[int, float, int]] = deque()  # (top seq, write time, entries) per message
         self.session_gateway_seq = 0
         self.last_gateway_seq = 0
@@ -355,6 +358,7 @@ class FleetConfig:
     secret: str = ""
     batch_interval_s: float = 10.0  # vpp_edge settings.uplink_batch_interval_s
     ack_max_delay_s: float = 1.5
+    ack_spread_s: float = 1.0  # vpp_edge settings.uplink_ack_spread_s
     max_batch_entries: int = 64
     outbox_max: int = 2000
     reconnect_min_s: float = 0.5
@@ -590,6 +594,7 @@ class Fleet:
             link.ack_seqs.append(entry.seq)
             if link.first_unsent_ack_at < 0:
                 link.first_unsent_ack_at = now
+                link.ack_flush_at = now + self._jitter.uniform(0.0, self.cfg.ack_spread_s)
                 self._dirty.add(link.idx)
 
     def _drop_oldest_telemetry(self, link: SiteLink) -> None:
@@ -607,8 +612,10 @@ class Fleet:
         if not link.welcomed or link.writer:
             return False
         cfg = self.cfg
-        if cfg.batch_interval_s <= 0 or len(link.unsent) >= cfg.max_batch_entries or link.first_unsent_ack_at >= 0:
-            return True  # a command ack goes at once, with the samples taken so far
+        if cfg.batch_interval_s <= 0 or len(link.unsent) >= cfg.max_batch_entries:
+            return True
+        if link.first_unsent_ack_at >= 0 and now + 1e-9 >= link.ack_flush_at:
+            return True  # a command ack goes (spread over ack_spread_s), with the samples taken so far
         return link.unsent[0].queued_at + cfg.batch_interval_s <= now + 1e-9
 
     def _maybe_heartbeat(self, link: SiteLink, now: float) -> None:
@@ -793,8 +800,6 @@ class Fleet:
                 ack.status = dispatch_pb2.ACK_STATUS_APPLIED
         self.counters.acks_sent += 1
         self._enqueue(link, KIND_ACK, ack.SerializeToString(), int(received), now)
-        if link.welcomed and not link.writer and link.call is not None:
-            self._flush(link)  # the ack goes at once, with the samples of the step before it
 
     # -- reporting ---------------------------------------------------------------------------------
     async def _stats_loop(self) -> None:

@@ -50,7 +50,7 @@ LOCUSTFILE = Path(__file__).resolve().parents[2] / "tests" / "load" / "locustfil
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROGRESS_EVERY_S = 10.0
 BASELINE_S = 30.0  # the idle platform (no sites) before the first level: the fixed part of every cost
-GRACE_S = 8.0  # after a window: acks of its last samples (batched up to 5 s) still count
+GRACE_S = 15.0  # after a window: acks of its last samples (batched up to 10 s by the agents) still count
 
 
 def progress(message: str) -> None:
@@ -562,12 +562,19 @@ class ScaleRun:
         snaps = [snap0]
         metrics0 = len(probe.metrics)
         activation = None
-        activation_at = t0 + min(5.0, window_s / 4)
-        progress(f"{label} measuring {window_s:.0f} s (an activation of {args.activation_s:.0f} s runs inside)")
+        # First telemetry alone (what the 1 Hz fleet costs), then an activation on top of it.
+        window_s = max(window_s, args.telemetry_s + args.activation_s + 8.0)
+        activation_at = t0 + args.telemetry_s
+        snap_mid: CpuSnapshot | None = None
+        progress(
+            f"{label} measuring {window_s:.0f} s (telemetry alone for {args.telemetry_s:.0f} s, then an "
+            f"activation of {args.activation_s:.0f} s)"
+        )
         next_line = time.monotonic() + PROGRESS_EVERY_S
         while time.time() < t0 + window_s:
             status = self._point(sites, fleet, probe)
             if activation is None and time.time() >= activation_at:
+                snap_mid = CpuSnapshot.take(all_pids)
                 activation = self._start_activation(stack, probe)
             if time.monotonic() >= next_line:
                 next_line += PROGRESS_EVERY_S
@@ -591,10 +598,10 @@ class ScaleRun:
         replica_rss = {
             stack.replica_name(s, i): rss_mb(pid) for s in ("gateway", "aggregation") for i, pid in enumerate(roles[s])
         }
-        # The acks of the window's last samples (batched up to 5 s) and the activation's last commands.
+        # The acks of the window's last samples (batched up to 10 s) and the activation's last commands.
         self._sleep(GRACE_S, lambda: self._point(sites, fleet, probe), locust)
         result = self._level_result(
-            stack, probe, fleet, roles, phase, sites, t0, t1, snap0, snap1, snaps, metrics0, activation
+            stack, probe, fleet, roles, phase, sites, t0, t1, snap0, snap1, snaps, metrics0, activation, snap_mid
         )
         result["ramp_s"] = ramp_s
         result["connected_at_start"] = connected_at_start
@@ -700,6 +707,7 @@ class ScaleRun:
         snaps: list[CpuSnapshot],
         metrics0: int,
         activation: dict[str, Any] | None,
+        snap_mid: CpuSnapshot | None = None,
     ) -> dict[str, Any]:
         seconds = range(int(t0), int(t1))
         generated = sum(fleet.gen_by_s.get(s, 0) for s in seconds)
@@ -752,6 +760,22 @@ class ScaleRun:
             "dropped_total": fleet.total("dropped"),
             "commands": self._commands(stack, probe, fleet, activation),
         }
+        if snap_mid is not None:
+            # The two parts of the window: the 1 Hz telemetry alone, and with an activation on top.
+            t_mid = snap_mid.t
+            tel_hist = fleet.latency_hist(t0, t_mid)
+            result["telemetry_s"] = t_mid - t0
+            result["ack_p50_ms_telemetry"] = scale_report.hist_percentile(tel_hist, 0.5)
+            result["ack_p99_ms_telemetry"] = scale_report.hist_percentile(tel_hist, 0.99)
+            act_hist = fleet.latency_hist(t_mid, t1)
+            result["ack_p50_ms_activation"] = scale_report.hist_percentile(act_hist, 0.5)
+            result["ack_p99_ms_activation"] = scale_report.hist_percentile(act_hist, 0.99)
+            for role, pids in roles.items():
+                result[f"{role}_cpu_pct_telemetry"] = cpu_pct(snap0, snap_mid, pids)
+                result[f"{role}_cpu_pct_activation"] = cpu_pct(snap_mid, snap1, pids)
+            result["harness_cpu_pct_telemetry"] = sum(
+                result[f"{r}_cpu_pct_telemetry"] for r in ("fleet", "locust", "driver")
+            )
         result["replica_cpu_pct"] = {
             stack.replica_name(service, i): cpu_pct(snap0, snap1, [pid])
             for service in ("gateway", "aggregation")
@@ -1027,10 +1051,15 @@ def _machine() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levels", default="1000,2500,5000,7500,10000", help="site counts (rounded up to blocks)")
+    parser.add_argument(
+        "--levels", default="1000,2000,3000,4000,5000,7500,10000", help="site counts (rounded up to blocks)"
+    )
     parser.add_argument("--hold-s", type=float, default=300.0, help="window of the largest level")
     parser.add_argument("--window-s", type=float, default=60.0, help="window of every other level")
     parser.add_argument("--settle-s", type=float, default=15.0)
+    parser.add_argument(
+        "--telemetry-s", type=float, default=30.0, help="first part of each window: telemetry alone (no activation)"
+    )
     parser.add_argument("--activation-s", type=float, default=40.0, help="activation length inside each window")
     parser.add_argument("--block-sites", type=int, default=500, help="sites per fleet process (Locust user)")
     parser.add_argument("--spawn-rate", type=float, default=2.0, help="blocks started per second")
@@ -1083,10 +1112,19 @@ def main(argv: list[str] | None = None) -> None:
         ]
         run.notes.append("a fresh stack (broker included) for every level (--restart-between-levels)")
     else:
-        phases = [Phase("r1", single, levels, args.hold_s, baseline=True)]
+        phases = [Phase("r1", single, levels, args.window_s, baseline=True)]
     results: list[dict[str, Any]] = []
     for phase in phases:
         results.extend(run.run_phase(phase))
+    # The largest level held in the ladder, held again for --hold-s (the next one down if it fails).
+    hold: list[dict[str, Any]] = []
+    candidates = sorted((lv["sites"] for lv in results if scale_report.verdict(lv)[0]), reverse=True)
+    for n in candidates[:2]:
+        hold = run.run_phase(Phase(f"hold-{n}", single, [n], args.hold_s))
+        if hold and scale_report.verdict(hold[0])[0]:
+            break
+    if not candidates:
+        run.notes.append("no level of the ladder was held: nothing to hold for longer")
     replicated: list[dict[str, Any]] = []
     failing = sorted(lv["sites"] for lv in results if not scale_report.verdict(lv)[0])
     if args.replicas == "always" or (args.replicas == "auto" and failing):
@@ -1121,7 +1159,7 @@ def main(argv: list[str] | None = None) -> None:
     meta["baseline"] = run.baseline
     meta["harness_nice"] = args.harness_nice
     meta["service_env"] = run.service_env
-    report = scale_report.build_report(results, replicated, consume, meta)
+    report = scale_report.build_report(results, replicated, consume, meta, hold=hold)
     report["timeline"] = {"points": run.timeline.points, "marks": run.timeline.marks}
     (args.out / "scale.json").write_text(json.dumps(_clean(report), indent=2))
     (args.out / "scale.md").write_text(scale_report.markdown(report))

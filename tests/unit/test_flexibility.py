@@ -96,3 +96,30 @@ def test_allocation_reports_shortfall() -> None:
     alloc = allocate_proportional(-20.0, {"a": 10.0, "b": 5.0})
     assert alloc.per_site_kw == pytest.approx({"a": -10.0, "b": -5.0})
     assert alloc.unallocated_kw == pytest.approx(-5.0)
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=6),
+        st.tuples(st.integers(0, 7), st.floats(0, 500)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.floats(-5000, 5000),
+)
+def test_splitting_by_partition_then_by_site_is_the_same_as_one_split(
+    sites: dict[str, tuple[int, float]], request_kw: float
+) -> None:
+    """Dispatch's planner splits each step over partitions (by their summed headroom), the owner of each
+    partition over its sites: proportional allocation is separable, so that is the fleet-wide split."""
+    whole = allocate_proportional(request_kw, {s: cap for s, (_, cap) in sites.items()})
+    partitions: dict[int, dict[str, float]] = {}
+    for site, (partition, cap) in sites.items():
+        partitions.setdefault(partition, {})[site] = cap
+    plan = allocate_proportional(request_kw, {p: sum(caps.values()) for p, caps in partitions.items()})
+    assert plan.unallocated_kw == pytest.approx(whole.unallocated_kw, abs=1e-6)
+    for partition, caps in partitions.items():
+        share = allocate_proportional(plan.per_site_kw[partition], caps)
+        assert share.unallocated_kw == pytest.approx(0.0, abs=1e-6)
+        for site, kw in share.per_site_kw.items():
+            assert kw == pytest.approx(whole.per_site_kw[site], rel=1e-9, abs=1e-6)
