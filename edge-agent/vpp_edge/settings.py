@@ -29,7 +29,7 @@ class EdgeSettings(BaseSettings):
     setup_timeout_s: float = Field(default=30.0, gt=0)
     outbox_max: int = Field(default=2000, ge=10)
     # Samples wait up to this long and go to the gateway together (0: each at once); a command ack goes
-    # at once with the samples taken so far. A stream message costs the gateway ~0.5 ms of CPU, a
+    # within uplink_ack_spread_s with the samples taken so far. A stream message costs the gateway ~0.5 ms of CPU, a
     # sample inside one ~10 us: docs/scaling.md has the costs. Aggregation's stale_after_s must exceed it.
     uplink_batch_interval_s: float = Field(default=10.0, ge=0, le=60)
     uplink_ack_max_delay_s: float = Field(default=1.5, gt=0, le=60)

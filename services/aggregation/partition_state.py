@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from vpp.v1 import telemetry_pb2
 
-from vpp_common.flexibility import BatteryState, battery_flexibility_intervals
+from vpp_common.flexibility import battery_flexibility_intervals
 from vpp_common.partials import MILLI, PartitionTotals
+from vpp_common.sites import battery_state
 
 
 @dataclass(slots=True)
@@ -29,20 +30,6 @@ class SiteEntry:
     energy_up_mwh: int
     energy_down_mwh: int
     bucket: int  # expiry second; -1 when offline
-
-
-def battery_state(t: telemetry_pb2.Telemetry, online: bool) -> BatteryState:
-    return BatteryState(
-        site_id=t.site_id,
-        online=online,
-        battery_power_kw=t.battery_power_kw,
-        soc_pct=t.soc_pct,
-        capacity_kwh=t.battery_capacity_kwh,
-        max_charge_kw=t.max_charge_kw,
-        max_discharge_kw=t.max_discharge_kw,
-        soc_min_pct=t.soc_min_pct,
-        soc_max_pct=t.soc_max_pct,
-    )
 
 
 class PartitionState:

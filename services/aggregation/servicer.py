@@ -12,11 +12,12 @@ from pydantic import BaseModel, Field
 from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, flexibility_pb2
 
 from aggregation.aggregator import Aggregator
-from aggregation.partition_state import SiteEntry, battery_state
+from aggregation.partition_state import SiteEntry
 from aggregation.portfolio import portfolio_flexibility
 from vpp_common.grpc_server import validated
 from vpp_common.logs import get_logger
 from vpp_common.partials import maintained_interval
+from vpp_common.sites import battery_state
 
 log = get_logger(__name__)
 

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -145,6 +146,10 @@ class ServiceApp:
         for grpc_hook in self._grpc_hooks:
             grpc_hook(self.grpc.port)
         tune_gc(self.settings.gc_gen0_threshold)
+        watch_gc()
+        task = asyncio.create_task(watch_loop_lag(), name="loop-lag")
+        self._tasks[task] = "loop-lag"
+        task.add_done_callback(self._watch)
         metrics.SERVICE_UP.labels(self.settings.service_name).set(1)
         log.info(
             "service_started",
@@ -228,6 +233,33 @@ def tune_gc(gen0_threshold: int) -> None:
     if gen0_threshold > 0:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
+_GC_PAUSE = {generation: metrics.GC_PAUSE.labels(str(generation)) for generation in range(3)}
+_gc_started_at = [0.0]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started_at[0] = time.perf_counter()
+    else:
+        _GC_PAUSE[info["generation"]].observe(time.perf_counter() - _gc_started_at[0])
+
+
+def watch_gc() -> None:
+    """Time every cyclic collection (``vpp_gc_pause_seconds``): a long one stalls every request."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
+async def watch_loop_lag(interval_s: float = 0.25) -> None:
+    """Observe how late the loop wakes from a sleep (``vpp_event_loop_lag_seconds``): what any request or
+    record waited behind other work, GC or a thread holding the GIL."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval_s)
+        metrics.LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
 
 
 S = TypeVar("S", bound=ServiceSettings)

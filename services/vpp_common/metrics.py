@@ -41,3 +41,12 @@ GRPC_LATENCY = Histogram(
     "vpp_grpc_request_seconds", "gRPC request handling time", ["method"], buckets=LATENCY_BUCKETS_S
 )
 SERVICE_UP = Gauge("vpp_service_up", "1 while the service is serving", ["service"])
+LOOP_LAG = Histogram(
+    "vpp_event_loop_lag_seconds",
+    "How late the event loop ran a 250 ms timer: every request and record waits this long behind a busy loop",
+    buckets=LATENCY_BUCKETS_S,
+)
+GC_PAUSE = Histogram(
+    "vpp_gc_pause_seconds", "Cyclic garbage collections (the whole process stops)", ["generation"],
+    buckets=LATENCY_BUCKETS_S,
+)

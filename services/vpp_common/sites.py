@@ -14,6 +14,21 @@ from vpp.v1 import telemetry_pb2
 from vpp_common.flexibility import BatteryState
 
 
+def battery_state(t: telemetry_pb2.Telemetry, online: bool) -> BatteryState:
+    """What the flexibility maths needs from one telemetry sample."""
+    return BatteryState(
+        site_id=t.site_id,
+        online=online,
+        battery_power_kw=t.battery_power_kw,
+        soc_pct=t.soc_pct,
+        capacity_kwh=t.battery_capacity_kwh,
+        max_charge_kw=t.max_charge_kw,
+        max_discharge_kw=t.max_discharge_kw,
+        soc_min_pct=t.soc_min_pct,
+        soc_max_pct=t.soc_max_pct,
+    )
+
+
 @dataclass(frozen=True)
 class SiteReading:
     telemetry: telemetry_pb2.Telemetry
@@ -67,15 +82,4 @@ class SiteTable:
         return reading.telemetry.available and now_s - reading.measured_at_s <= self.stale_after_s
 
     def battery_state(self, reading: SiteReading, now_s: float | None = None) -> BatteryState:
-        t = reading.telemetry
-        return BatteryState(
-            site_id=t.site_id,
-            online=self.is_online(reading, now_s),
-            battery_power_kw=t.battery_power_kw,
-            soc_pct=t.soc_pct,
-            capacity_kwh=t.battery_capacity_kwh,
-            max_charge_kw=t.max_charge_kw,
-            max_discharge_kw=t.max_discharge_kw,
-            soc_min_pct=t.soc_min_pct,
-            soc_max_pct=t.soc_max_pct,
-        )
+        return battery_state(reading.telemetry, self.is_online(reading, now_s))

@@ -198,6 +198,16 @@ class ServiceMetrics:
     aggregation_sites_owned: dict[str, float] = field(default_factory=dict)
     dispatch_commands: float = 0.0
     gateway_write_buckets: dict[float, float] = field(default_factory=dict)  # le (s) -> cumulative count
+    # aggregation's own histograms, summed over replicas: "flex_call" (GetPortfolioFlexibility handler),
+    # "loop_lag" (event loop), "gc_pause" (every generation); le (s) -> cumulative count
+    aggregation_hists: dict[str, dict[float, float]] = field(default_factory=dict)
+
+
+_AGGREGATION_HISTS = {
+    "vpp_grpc_request_seconds": "flex_call",
+    "vpp_event_loop_lag_seconds": "loop_lag",
+    "vpp_gc_pause_seconds": "gc_pause",
+}
 
 
 def scrape(urls: dict[str, str]) -> ServiceMetrics:
@@ -227,6 +237,14 @@ def scrape(urls: dict[str, str]) -> ServiceMetrics:
                 out.gateway_write_buckets[bound] = out.gateway_write_buckets.get(bound, 0.0) + float(
                     line.rsplit(" ", 1)[1]
                 )
+            elif name.startswith("aggregation") and "_bucket{" in line:
+                key = _AGGREGATION_HISTS.get(line.split("_bucket{", 1)[0])
+                if key is None or (key == "flex_call" and "GetPortfolioFlexibility" not in line):
+                    continue
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = math.inf if le == "+Inf" else float(le)
+                hist = out.aggregation_hists.setdefault(key, {})
+                hist[bound] = hist.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
         out.lag_by_service[name] = lag
         out.lag_max = max(out.lag_max, lag)
     return out
@@ -786,6 +804,14 @@ class ScaleRun:
             delta = {le: last_m.get(le, 0.0) - first.get(le, 0.0) for le in last_m}
             result["gateway_write_p50_ms"] = _bucket_quantile(delta, 0.5) * 1000.0
             result["gateway_write_p99_ms"] = _bucket_quantile(delta, 0.99) * 1000.0
+            # Where a portfolio query's time goes: the handler itself vs waiting for the loop.
+            for key, out_key in (
+                ("flex_call", "view_call_server_p99_ms"),
+                ("loop_lag", "aggregation_loop_lag_p99_ms"),
+                ("gc_pause", "aggregation_gc_pause_p99_ms"),
+            ):
+                h0, h1 = metrics[0].aggregation_hists.get(key, {}), metrics[-1].aggregation_hists.get(key, {})
+                result[out_key] = _bucket_quantile({le: h1[le] - h0.get(le, 0.0) for le in h1}, 0.99) * 1000.0
         if len(snaps) > 2 and t1 - t0 >= 180:
             result["drift"] = self._drift(snaps, roles, fleet)
         if metrics:
@@ -1117,11 +1143,12 @@ def main(argv: list[str] | None = None) -> None:
     for phase in phases:
         results.extend(run.run_phase(phase))
     # The largest level held in the ladder, held again for --hold-s (the next one down if it fails).
-    hold: list[dict[str, Any]] = []
+    hold: list[dict[str, Any]] = []  # every attempt, the failed ones too
     candidates = sorted((lv["sites"] for lv in results if scale_report.verdict(lv)[0]), reverse=True)
     for n in candidates[:2]:
-        hold = run.run_phase(Phase(f"hold-{n}", single, [n], args.hold_s))
-        if hold and scale_report.verdict(hold[0])[0]:
+        attempt = run.run_phase(Phase(f"hold-{n}", single, [n], args.hold_s))
+        hold.extend(attempt)
+        if attempt and scale_report.verdict(attempt[0])[0]:
             break
     if not candidates:
         run.notes.append("no level of the ladder was held: nothing to hold for longer")

@@ -522,6 +522,7 @@ def test_edge_agent_one_pod_recreate_tcp_probes(rendered: dict[str, list[Doc]], 
         "VPP_EDGE_METRICS_PORT",
         "VPP_EDGE_UPLINK_BATCH_INTERVAL_S",
         "VPP_EDGE_UPLINK_ACK_MAX_DELAY_S",
+        "VPP_EDGE_UPLINK_ACK_SPREAD_S",
         "VPP_EDGE_LOG_LEVEL",
     }
     assert "value" not in env["VPP_EDGE_SITE_TOKEN"]
@@ -554,9 +555,11 @@ def test_edge_agent_real_device(rendered: dict[str, list[Doc]]) -> None:
     assert env["VPP_EDGE_MODBUS_HOST"]["value"] == "192.168.10.20"
     assert env["VPP_EDGE_MODBUS_PORT"]["value"] == "502"
     assert env["VPP_EDGE_MODBUS_UNIT_ID"]["value"] == "1"
-    # The agent's defaults (vpp_edge.settings): samples batched for 10 s, our ack_seq held at most 1.5 s.
+    # The agent's defaults (vpp_edge.settings): samples batched for 10 s, our ack_seq held at most 1.5 s,
+    # a command ack within a random 0..1 s.
     assert env["VPP_EDGE_UPLINK_BATCH_INTERVAL_S"]["value"] == "10"
     assert env["VPP_EDGE_UPLINK_ACK_MAX_DELAY_S"]["value"] == "1.5"
+    assert float(env["VPP_EDGE_UPLINK_ACK_SPREAD_S"]["value"]) == 1.0
     assert [d["kind"] for d in docs] == ["Deployment"]
 
 
