@@ -25,13 +25,13 @@ class ServiceSettings(BaseSettings):
     # Tansu completes a group join only after ~session_timeout/2: keep it short.
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
     kafka_heartbeat_interval_ms: int = Field(default=1000, ge=100, le=60_000)
-    # How long the broker may hold a fetch that has no data yet. Both Kafka and Tansu answer a waiting
-    # fetch as soon as a record arrives, so this does not add latency; a short wait only makes an idle
-    # consumer poll more often (measured: an idle 48-partition consumer costs 20 % of a core and the
-    # broker 9 % at 10 ms, 1.6 % and 3.2 % at 500 ms; docs/scaling.md).
+    # How long the broker may hold a fetch that has no data yet. A short wait makes an idle consumer poll
+    # more often (an idle 48-partition consumer: 20 % of a core and the broker 9 % at 10 ms, 1.6 % and
+    # 3.2 % at 500 ms); Tansu does not always answer a waiting fetch when a record arrives, so a long
+    # wait adds latency (one hop, 48 partitions: median 14 ms at 50 ms, 82 ms at 500 ms). docs/scaling.md.
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=5000)
-    # ... and for the setpoint path (activations, plans, commands): a bound on the rare fetch that a
-    # broker does not answer early.
+    # ... for the setpoint path (dispatch's activations and plans, the gateway's commands). 500 ms is what
+    # `make load-scale` measured with; 50 ms halves the demo's dispatch -> agent leg (30 -> 15 ms median).
     kafka_fast_fetch_max_wait_ms: int = Field(default=500, ge=1, le=5000)
     # Consumer groups are named "<prefix><role>" (e.g. "aggregation"): stable across restarts, so a
     # restarted pod resumes its group's offsets and leaves no dead group behind. The prefix separates
