@@ -72,7 +72,7 @@ bench-forecast: protos
 load: protos
 	@$(PY) -m vpp_demo.load
 
-# Fleet scale: ramps simulated sites 1k -> 10k against the real platform (~33 min); ARGS="--levels 500,1000 ..."
+# Fleet scale: ramps simulated sites 1k -> 10k against the real platform (~27 min); ARGS="--levels 500,1000 ..."
 load-scale: protos
 	@$(PY) -m vpp_demo.scale $(ARGS)
 

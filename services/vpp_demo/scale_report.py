@@ -195,7 +195,8 @@ def sizing(costs: Mapping[str, Mapping[str, Any]], sites: int, partitions: int) 
             replicas = 1  # one broker process measured; a Kafka cluster spreads this over its brokers
             cores = load_cores + fixed / 100.0
         else:
-            replicas = max(1, math.ceil(load_cores / REPLICA_CPU_TARGET))
+            # each replica also carries the fixed (idle) cost: what is left of the target is for sites
+            replicas = max(1, math.ceil(load_cores / max(0.05, REPLICA_CPU_TARGET - fixed / 100.0)))
             replicas = min(replicas, partitions) if comp in ("aggregation", "dispatch") else replicas
             cores = load_cores + replicas * fixed / 100.0
         rss_fixed = cost.get("rss_fixed_mb", math.nan)
