@@ -28,7 +28,7 @@ class ServiceSettings(BaseSettings):
     # How long the broker may hold a fetch that has no data yet. A short wait makes an idle consumer poll
     # more often (an idle 48-partition consumer: 20 % of a core and the broker 9 % at 10 ms, 1.6 % and
     # 3.2 % at 500 ms); Tansu does not always answer a waiting fetch when a record arrives, so a long
-    # wait adds latency (one hop, 48 partitions: median 14 ms at 50 ms, 82 ms at 500 ms). docs/scaling.md.
+    # wait adds latency (one hop, 48 partitions: median ~15 ms at 50 ms, ~85 ms at 500 ms; vpp_demo.hop_latency).
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=5000)
     # ... and for the setpoint path (dispatch's activations and plans, the gateway's commands), where
     # latency is the product: at 50 ms instead of 500 ms the idle platform costs ~15 % of a core more, and
