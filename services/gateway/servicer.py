@@ -296,7 +296,8 @@ class EdgeGatewayServicer(gateway_pb2_grpc.EdgeGatewayServicer):
                 ledger.queued_seq = ledger.last_agent_seq  # not written: the agent will re-send these
                 session.end(done.exception())
                 return
-            KAFKA_WRITE.observe(asyncio.get_running_loop().time() - started)
+            if started:  # timed from this entry's own hand-over, not when it waited on an earlier one
+                KAFKA_WRITE.observe(asyncio.get_running_loop().time() - started)
         if seq > ledger.last_agent_seq:
             ledger.last_agent_seq = seq
             self._send_ack(session, ledger)  # cumulative: it also covers whatever came before
