@@ -56,6 +56,7 @@ class EdgeAgent:
             self.coordinator.handle_command,
             outbox_max=settings.outbox_max,
             batch_interval_s=settings.uplink_batch_interval_s,
+            dispatched_batch_interval_s=settings.uplink_dispatched_batch_interval_s,
             ack_max_delay_s=settings.uplink_ack_max_delay_s,
             ack_spread_s=settings.uplink_ack_spread_s,
             heartbeat_interval_s=settings.heartbeat_interval_s,

@@ -42,6 +42,12 @@ class EdgeMetrics:
         self.commands_duplicate = Counter(
             "vpp_edge_commands_duplicate_total", "Dispatch commands dropped as duplicates", registry=r
         )
+        self.commands_refused = Counter(
+            "vpp_edge_commands_refused_total",
+            "Fenced dispatch commands refused: (leader_epoch, seq) already applied, or a stale leader_epoch",
+            ["reason"],
+            registry=r,
+        )
         self.command_latency_seconds = Histogram(
             "vpp_edge_command_apply_seconds", "Command arrival to Modbus write completed", buckets=_RTT_BUCKETS_S,
             registry=r,

@@ -32,6 +32,8 @@ class EdgeSettings(BaseSettings):
     # within uplink_ack_spread_s with the samples taken so far. A stream message costs the gateway ~0.5 ms of CPU, a
     # sample inside one ~10 us: docs/scaling.md has the costs. Aggregation's stale_after_s must exceed it.
     uplink_batch_interval_s: float = Field(default=10.0, ge=0, le=60)
+    # While a dispatch command is in force: dispatch measures each 4 s step at its end (docs/dispatch.md).
+    uplink_dispatched_batch_interval_s: float = Field(default=2.0, ge=0, le=60)
     uplink_ack_max_delay_s: float = Field(default=1.5, gt=0, le=60)
     # A command ack waits a random 0..this long, so a fleet commanded together answers spread out.
     uplink_ack_spread_s: float = Field(default=1.0, ge=0, le=10)

@@ -60,6 +60,7 @@ class Uplink:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         batch_interval_s: float = 0.0,
+        dispatched_batch_interval_s: float | None = None,
         ack_max_delay_s: float = 1.5,
         ack_spread_s: float = 0.0,
         max_batch_entries: int = 64,
@@ -74,6 +75,12 @@ class Uplink:
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
         self.batch_interval_s = batch_interval_s
+        # While a dispatch command is in force, samples go at least this often: dispatch measures every
+        # 4 s step at its end and moves the error to other sites, so it cannot wait for the idle batch.
+        self.dispatched_batch_interval_s = (
+            batch_interval_s if dispatched_batch_interval_s is None else dispatched_batch_interval_s
+        )
+        self._dispatched = False
         self.ack_max_delay_s = ack_max_delay_s
         self.ack_spread_s = ack_spread_s
         self._ack_flush_at: float | None = None  # when the unsent command ack goes
@@ -102,6 +109,7 @@ class Uplink:
 
     def send_telemetry(self, telemetry: telemetry_pb2.Telemetry) -> int:
         """Queue telemetry for delivery; returns its seq."""
+        self._dispatched = bool(telemetry.command_id)
         return self._enqueue(gateway_pb2.AgentMessage(site_id=self.site_id, telemetry=telemetry))
 
     def send_ack(self, ack: dispatch_pb2.CommandAck) -> int:
@@ -261,7 +269,10 @@ class Uplink:
             return float("inf")
         if self.batch_interval_s <= 0 or len(unsent) >= self.max_batch_entries:
             return now
-        flush_at = self._queued_at.get(unsent[0], now) + self.batch_interval_s
+        interval_s = self.batch_interval_s
+        if self._dispatched:
+            interval_s = min(interval_s, self.dispatched_batch_interval_s)
+        flush_at = self._queued_at.get(unsent[0], now) + interval_s
         if self._ack_flush_at is not None:
             if any(self.outbox[s].WhichOneof("body") == "ack" for s in unsent):
                 # A command ack goes soon, with the samples of the step before it.

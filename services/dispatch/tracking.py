@@ -1,5 +1,5 @@
-"""Activation tracking assembled from what every replica reads (plans and partition step results), so
-``GetActivationTracking`` has the same answer on any replica. No I/O."""
+"""Activation tracking as every replica reads it (tracking samples, run states, acks), so
+``GetActivationTracking`` has the same answer on the active dispatcher and on a standby. No I/O."""
 
 from __future__ import annotations
 
@@ -11,40 +11,18 @@ from vpp.v1 import dispatch_api_pb2, dispatch_pb2
 
 
 @dataclass
-class StepView:
-    step: int
-    requested_kw: float
-    issued_at_s: float
-    unallocated_kw: float
-    partitions: set[int]  # partitions the plan gave a share to
-    results: dict[int, dispatch_pb2.PartitionStep] = field(default_factory=dict)
-    published: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.partitions) and self.partitions <= set(self.results)
-
-    def delivered_kw(self) -> float | None:
-        if not self.complete:
-            return None
-        return sum(r.delivered_kw for r in self.results.values())
-
-    def commanded(self) -> int:
-        return sum(r.sites_commanded for r in self.results.values())
-
-    def acked(self) -> int:
-        return sum(r.sites_acked for r in self.results.values())
-
-
-@dataclass
 class RunView:
     activation_id: str
-    steps: dict[int, StepView] = field(default_factory=dict)
-    latest: dict[int, dispatch_pb2.PartitionStep] = field(default_factory=dict)  # newest result per partition
+    samples: dict[int, dispatch_pb2.TrackingSample] = field(default_factory=dict)
+    latest_run: dispatch_pb2.ActivationRun | None = None
+    dropped: dict[str, str] = field(default_factory=dict)  # site -> reason, every site ever dropped
     latencies_ms: list[float] = field(default_factory=list)
+    acks: int = 0
+    clamped: int = 0
+    acked_commands: set[str] = field(default_factory=set)
 
     def mean_abs_error_kw(self) -> float:
-        errors = [abs(s.requested_kw - d) for s in self.steps.values() if (d := s.delivered_kw()) is not None]
+        errors = [abs(s.error_kw) for s in self.samples.values() if s.error_kw == s.error_kw]
         return statistics.fmean(errors) if errors else 0.0
 
 
@@ -61,65 +39,46 @@ class TrackingView:
                 self.runs.popitem(last=False)
         return run
 
-    def on_plan(self, plan: dispatch_pb2.StepPlan) -> None:
-        run = self._run(plan.activation_id)
-        if plan.step not in run.steps:
-            run.steps[plan.step] = StepView(
-                plan.step,
-                plan.setpoint_kw,
-                plan.issued_at.ToNanoseconds() / 1e9,
-                plan.unallocated_kw,
-                {s.partition for s in plan.shares},
-            )
+    def on_sample(self, sample: dispatch_pb2.TrackingSample) -> None:
+        self._run(sample.activation_id).samples[sample.step] = sample
 
-    def on_partition_step(self, result: dispatch_pb2.PartitionStep) -> StepView | None:
-        """Record a partition's result; returns the step if this result completed it."""
-        run = self._run(result.activation_id)
-        previous = run.latest.get(result.partition)
-        if previous is None or (previous.step, previous.acks_total) <= (result.step, result.acks_total):
-            run.latest[result.partition] = result
-        run.latencies_ms.extend(result.ack_latency_ms)
-        if not result.step:
-            return None
-        view = run.steps.get(result.step)
-        if view is None or result.partition in view.results:
-            return None
-        view.results[result.partition] = result
-        return view if view.complete else None
+    def on_run(self, state: dispatch_pb2.ActivationRun) -> None:
+        run = self._run(state.activation_id)
+        if run.latest_run is None or (state.step, state.leader_epoch) >= (run.latest_run.step, 0):
+            run.latest_run = state
+        for site in state.sites:
+            if site.dropped:
+                run.dropped.setdefault(site.site_id, site.drop_reason)
+
+    def on_ack(self, ack: dispatch_pb2.CommandAck, latency_ms: float | None) -> None:
+        if not ack.activation_id:
+            return
+        run = self._run(ack.activation_id)
+        if ack.command_id in run.acked_commands:
+            return  # re-delivered
+        run.acked_commands.add(ack.command_id)
+        run.acks += 1
+        if ack.status == dispatch_pb2.ACK_STATUS_CLAMPED:
+            run.clamped += 1
+        if latency_ms is not None:
+            run.latencies_ms.append(latency_ms)
 
     def response(self, activation_id: str, last_n: int) -> dispatch_api_pb2.GetActivationTrackingResponse | None:
         run = self.runs.get(activation_id)
-        if run is None:
+        if run is None or (not run.samples and run.latest_run is None):
             return None
-        latest = run.latest.values()
         resp = dispatch_api_pb2.GetActivationTrackingResponse(
             activation_id=activation_id,
             mean_abs_error_kw=run.mean_abs_error_kw(),
             median_activation_to_write_ms=statistics.median(run.latencies_ms) if run.latencies_ms else 0.0,
-            acks_received=sum(r.acks_total for r in latest),
-            commands_sent=sum(r.commands_total for r in latest),
-            acks_clamped=sum(r.clamped_total for r in latest),
-            reallocations=sum(r.reallocations_total for r in latest),
-            reallocated_sites=sorted({s for r in latest for s in r.reallocated_sites}),
+            acks_received=run.acks,
+            commands_sent=run.latest_run.commands_total if run.latest_run is not None else 0,
+            acks_clamped=run.clamped,
+            reallocations=len(run.dropped),
+            reallocated_sites=sorted(run.dropped),
         )
-        steps = sorted(run.steps.values(), key=lambda s: s.step)
+        steps = sorted(run.samples)
         if last_n:
             steps = steps[-last_n:]
-        for s in steps:
-            resp.samples.append(sample(activation_id, s))
+        resp.samples.extend(run.samples[s] for s in steps)
         return resp
-
-
-def sample(activation_id: str, step: StepView) -> dispatch_pb2.TrackingSample:
-    delivered = step.delivered_kw()
-    out = dispatch_pb2.TrackingSample(
-        activation_id=activation_id,
-        step=step.step,
-        requested_kw=step.requested_kw,
-        delivered_kw=delivered if delivered is not None else float("nan"),
-        error_kw=(step.requested_kw - delivered) if delivered is not None else float("nan"),
-        sites_acked=step.acked(),
-        sites_commanded=step.commanded(),
-    )
-    out.at.FromNanoseconds(int(step.issued_at_s * 1e9))
-    return out

@@ -72,6 +72,7 @@ class ServiceApp:
         start_at: StartAt = "committed-or-latest",
         fetch_max_wait_ms: int | None = None,
         listener: PartitionListener | None = None,
+        tail_records: int = 0,
     ) -> EventConsumer:
         """``group``: the consumer group's role name (prefixed by settings), shared by every replica so
         partitions are split between them; None: this replica reads every partition (no group)."""
@@ -83,6 +84,7 @@ class ServiceApp:
             start_at=start_at,
             fetch_max_wait_ms=fetch_max_wait_ms,
             listener=listener,
+            tail_records=tail_records,
         )
         consumer = EventConsumer(self.settings, spec, self.producer)
         self.consumers.append(consumer)

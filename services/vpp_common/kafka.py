@@ -56,7 +56,7 @@ POLL_TIMEOUT_MS = 500
 # waits for at most this long behind a consumer.
 YIELD_EVERY_S = 0.005
 
-StartAt = Literal["committed-or-earliest", "committed-or-latest", "earliest", "latest", "last"]
+StartAt = Literal["committed-or-earliest", "committed-or-latest", "earliest", "latest", "last", "tail"]
 
 
 class ProduceFailed(RuntimeError):
@@ -380,6 +380,7 @@ class ConsumerSpec:
     fetch_max_wait_ms: int | None = None
     listener: PartitionListener | None = None
     partitions: dict[str, int] = field(default_factory=dict)  # for group-less consumers
+    tail_records: int = 0  # start_at="tail": this many records back from the end of each partition
 
 
 class EventConsumer:
@@ -472,11 +473,12 @@ class EventConsumer:
             consumer.seek_to_beginning(*tps)
         else:
             consumer.seek_to_end(*tps)
-            if spec.start_at == "last":
+            if spec.start_at in ("last", "tail"):
                 # Tansu answers ListOffsets(latest) with the last batch's base offset + 1, Kafka with the
                 # offset after the last record: one step back reads at least the last record on both.
+                back = 1 if spec.start_at == "last" else max(1, spec.tail_records)
                 for tp in tps:
-                    consumer.seek(tp, max(0, consumer.position(tp) - 1))
+                    consumer.seek(tp, max(0, consumer.position(tp) - back))
         self._static_assignment = set(tps)  # applied on the loop (asyncio.Event is not thread-safe)
         return consumer
 

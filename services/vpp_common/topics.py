@@ -42,10 +42,9 @@ PARTIALS = Topic(
     SITE_PARTITIONED,
     {"cleanup.policy": "compact"},
 )
-PLANS = Topic("vpp.dispatch.plans.v1", "activation_id", "step_plan", 1, {"retention.ms": _DAYS_7_MS})
-PARTITION_STEPS = Topic(
-    "vpp.dispatch.partition-steps.v1", "activation_id", "partition_step", 1, {"retention.ms": _DAYS_7_MS}
-)
+# Dispatch's lease (who acts) and its run state (what a standby continues from): docs/dispatch.md.
+LEASES = Topic("vpp.dispatch.leases.v1", "dispatch group", "dispatch_lease", 1, {"retention.ms": _HOURS_6_MS})
+RUNS = Topic("vpp.dispatch.runs.v1", "activation_id", "activation_run", 1, {"cleanup.policy": "compact"})
 TRACKING = Topic("vpp.dispatch.tracking.v1", "activation_id", "tracking", 1)
 ACTIVATIONS = Topic("vpp.market.activations.v1", "portfolio_id", "activation", 1)
 BIDS = Topic("vpp.market.bids.v1", "portfolio_id", "bid", 1)
@@ -59,8 +58,8 @@ ALL_TOPICS: tuple[Topic, ...] = (
     COMMANDS,
     ACKS,
     PARTIALS,
-    PLANS,
-    PARTITION_STEPS,
+    LEASES,
+    RUNS,
     TRACKING,
     ACTIVATIONS,
     BIDS,

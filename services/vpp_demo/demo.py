@@ -1,9 +1,11 @@
 """``make demo``: the whole platform on real parts, one activation end to end, a readable summary.
 
-Starts Tansu, every service and five sites (a pymodbus device simulator and an edge agent each),
-asks aggregation for the portfolio's flexibility, bids it, lets the market simulator send an aFRR
-activation (+40 % of the up capability for 60 s, then -30 % of the down capability for 40 s),
-prints requested vs delivered per 4 s step and writes ``out/demo/tracking.png``.
+Starts Tansu, every service (dispatch as two replicas: one active, one hot standby) and five sites (a
+pymodbus device simulator and an edge agent each), asks aggregation for the portfolio's flexibility,
+bids it, lets the market simulator send an aFRR activation (+40 % of the up capability for 60 s, then
+-30 % of the down capability for 40 s). Mid-activation a site's agent is killed (the site stops
+answering) and then the active dispatcher is killed with SIGKILL; the standby takes over. Prints
+requested vs delivered (at the meters) per 4 s step and writes ``out/demo/tracking.png``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import signal
 import statistics
 import sys
 import time
@@ -46,7 +50,7 @@ def say(msg: str = "") -> None:
 def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with Stack(out_dir / "run") as stack:
+    with Stack(out_dir / "run", replicas={"dispatch": 2}) as stack:
         tap = TelemetryTap(stack.bootstrap_servers).start()
         say(f"\nPlatform up in {time.monotonic() - started:.0f} s. Kafka (Tansu) at {stack.bootstrap_servers}")
         say("Letting the sites settle into self-consumption (the activation's baseline) ...\n")
@@ -96,32 +100,43 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
             f"\nActivation {act_id}: +40% of {start.up_capability_kw:.1f} kW up for {up_s} s, "
             f"then -30% of {start.down_capability_kw:.1f} kW down for {down_s} s (a setpoint every 4 s)\n"
         )
-        say(f"{'step':>4} {'t s':>5} {'requested kW':>13} {'delivered kW':>13} {'error kW':>9} {'acks':>6}")
-        dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
+        say(
+            f"{'step':>4} {'t s':>5} {'requested kW':>13} {'delivered kW':>13} {'error kW':>9} {'acks':>6}"
+            f" {'dropped':>8} {'epoch':>6}"
+        )
         printed: set[int] = set()
         t0 = time.monotonic()
-        deadline = t0 + up_s + down_s + 25
+        deadline = t0 + up_s + down_s + 35
         tracking = None
+        events: list[tuple[float, str]] = []
+        failed_site = "home-02"
+        fail_at_s, kill_at_s = 0.3 * (up_s + down_s), 0.55 * (up_s + down_s)
+        killed = ""
         while time.monotonic() < deadline:
             time.sleep(1.0)
+            elapsed = time.monotonic() - t0
+            if elapsed >= fail_at_s and not any(e[1].startswith("site") for e in events):
+                os.kill(stack.proc(f"agent-{failed_site}").popen.pid, signal.SIGKILL)
+                events.append((time.time(), f"site {failed_site} stops answering"))
+                say(f"  -- {elapsed:.0f} s: agent of {failed_site} killed (SIGKILL): the site stops answering")
+            if elapsed >= kill_at_s and not killed:
+                killed = _kill_active_dispatcher(stack)
+                events.append((time.time(), f"{killed} killed"))
+                say(f"  -- {elapsed:.0f} s: active dispatcher {killed} killed (SIGKILL); the standby takes over")
             state = market.GetActivation(market_api_pb2.GetActivationRequest(activation_id=act_id), timeout=5)
-            try:
-                tracking = dispatch.GetActivationTracking(
-                    dispatch_api_pb2.GetActivationTrackingRequest(activation_id=act_id), timeout=5
-                )
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
+            tracking = _tracking(stack, act_id)
+            if tracking is None:
                 continue
             for s in tracking.samples:
-                if s.step not in printed and s.delivered_kw == s.delivered_kw:  # NaN until the step closes
+                if s.step not in printed and s.delivered_kw == s.delivered_kw:
                     printed.add(s.step)
                     say(
                         f"{s.step:>4} {s.at.ToNanoseconds() / 1e9 - tracking.samples[0].at.ToNanoseconds() / 1e9:>5.0f}"
                         f" {s.requested_kw:>13.2f} {s.delivered_kw:>13.2f} {s.error_kw:>9.2f}"
-                        f" {s.sites_acked:>3}/{s.sites_commanded}"
+                        f" {s.sites_acked:>3}/{s.sites_commanded} {s.sites_dropped:>8} {s.leader_epoch:>6}"
+                        + ("  late (takeover)" if s.late else "")
                     )
-            if state.finished and tracking.samples and len(printed) == len(tracking.samples):
+            if state.finished and tracking.samples and len(printed) == len(tracking.samples) and elapsed > kill_at_s:
                 break
         if tracking is None:
             raise RuntimeError("dispatch never reported the activation: see out/demo/run/logs/dispatch.log")
@@ -149,9 +164,17 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         "acks_clamped": tracking.acks_clamped,
         "reallocations": tracking.reallocations,
         "reallocated_sites": list(tracking.reallocated_sites),
+        "site_failed": failed_site,
+        "dispatcher_killed": killed,
+        "late_steps": sum(1 for s in closed if s.late),
+        "leader_epochs": sorted({s.leader_epoch for s in closed}),
+        "max_abs_error_kw_after_kill": round(max((abs(s.error_kw) for s in closed if s.leader_epoch > min(
+            s2.leader_epoch for s2 in closed)), default=0.0), 3) if closed else None,
         "wall_time_s": round(time.monotonic() - started, 1),
     }
-    png = plot_tracking(closed, series, out_dir / "tracking.png", title=f"aFRR activation {tracking.activation_id}")
+    png = plot_tracking(
+        closed, series, out_dir / "tracking.png", title=f"aFRR activation {tracking.activation_id}", events=events
+    )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     say("\nResult")
     say(f"  steps tracked:                 {summary['steps']}")
@@ -172,8 +195,13 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         f"{summary['acks_clamped']}"
     )
     say(
-        f"  re-allocations:                {summary['reallocations']} "
-        f"(sites that fell short and had their share moved: {', '.join(tracking.reallocated_sites) or 'none'})"
+        f"  sites dropped, share moved:    {summary['reallocations']} "
+        f"({', '.join(tracking.reallocated_sites) or 'none'}; {failed_site} was made to stop answering)"
+    )
+    say(
+        f"  dispatcher failover:           {killed or 'none'} killed; steps by lease epochs "
+        f"{summary['leader_epochs']}, {summary['late_steps']} step(s) late, "
+        f"largest |error| after the kill {summary['max_abs_error_kw_after_kill']} kW"
     )
     say(f"  plot:                          {png}")
     if forecast_png is not None:
@@ -182,6 +210,36 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
     say(f"  logs:                          {out_dir / 'run' / 'logs'}")
     say(f"  wall time:                     {summary['wall_time_s']} s; every process stopped.")
     return summary
+
+
+def _kill_active_dispatcher(stack: Stack) -> str:
+    """SIGKILL the replica holding the dispatch lease (read from its metrics)."""
+    from urllib.request import urlopen
+
+    for name, url in stack.metrics_urls().items():
+        if not name.startswith("dispatch"):
+            continue
+        with urlopen(url, timeout=3) as resp:
+            if "vpp_dispatch_leader 1.0" in resp.read().decode():
+                os.kill(stack.proc(name).popen.pid, signal.SIGKILL)
+                return name
+    raise RuntimeError("no dispatch replica holds the lease: see out/demo/run/logs/dispatch-*.log")
+
+
+def _tracking(stack: Stack, activation_id: str) -> dispatch_api_pb2.GetActivationTrackingResponse | None:
+    """Ask any dispatch replica that is up (each answers the same from what it reads)."""
+    for i in range(stack.replica_count("dispatch")):
+        if stack.proc(stack.replica_name("dispatch", i)).popen.poll() is not None:
+            continue
+        with grpc.insecure_channel(stack.target("dispatch", i)) as channel:
+            try:
+                return dispatch_api_pb2_grpc.DispatchServiceStub(channel).GetActivationTracking(
+                    dispatch_api_pb2.GetActivationTrackingRequest(activation_id=activation_id), timeout=5
+                )
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    raise
+    return None
 
 
 def _forecast_section(stack: Stack, out_dir: Path) -> Path | None:

@@ -16,20 +16,66 @@ its own ``EdgeGateway/Connect`` stream, speaking the protocol the way ``vpp_edge
 * gateway messages with a seq are processed once per session, commands once per ``command_id``; our
   ``ack_seq`` rides on the next message, or on a heartbeat after ``ack_max_delay_s`` if none is due.
 
-Physics is vectorised over sites (numpy): PV and household load replay the same real series as the
-demo (NREL PVDAQ 50, UCI household; ``vpp_demo.profiles``), scaled per site and shifted in time so
-sites differ; the battery follows the command's setpoint clamped to its power and SoC limits (or runs
-self-consumption when no command is valid) and its SoC is integrated at 1 Hz.
+Commands are handled as the agent does (``Fleet._apply``). A site's *baseline* is what its local control
+(self-consumption: battery = load - pv, clamped to the power and SoC limits) would set this cycle. A
+``battery_setpoint_kw`` command sets the battery to that power; an ``offset_kw`` command sets it to
+baseline + offset, re-applied every tick on the moving baseline and clamped to the limits, until
+``valid_until`` (at most SETPOINT_REVERT_S after receipt; local control after). Fencing: each site keeps
+the last applied ``(leader_epoch, seq)``; a command with epoch > 0 not above it is acked DUPLICATE (same
+epoch) or REJECTED "stale leader_epoch" (lower epoch) and not applied; epoch 0 is unfenced. Then: not
+finite -> REJECTED, past valid_until -> EXPIRED. The ack carries requested_kw / applied_kw (the offset
+asked and applied after clamping, for an offset; battery power for an absolute setpoint),
+battery_setpoint_kw (the battery power set), status CLAMPED when they differ, and the command's
+leader_epoch, seq, activation_id and step. Telemetry reports, besides the device values,
+``setpoint_kw`` (what the agent set), ``baseline_battery_kw``, ``baseline_grid_kw`` = grid + battery -
+baseline_battery (so delivery at the meter is baseline_grid_kw - grid_power_kw), ``offset_kw`` applied
+(0 without an offset command in force) and the command's ``command_id``, ``leader_epoch``,
+``command_seq``. The summary counts the refusals (``duplicates_refused``, ``stale_epoch_refused``) and
+``double_applied``: commands applied for an activation step at or below one the site had applied already
+(a takeover re-issuing a step under a higher epoch; harmless for an offset, which is a level).
+
+Physics is vectorised over sites (numpy, ``Physics``): PV and household load replay the same real series
+as the demo (NREL PVDAQ 50, UCI household; ``vpp_demo.profiles``), scaled per site and shifted in time so
+sites differ, read once a second per site; every 100 ms tick advances every site's battery (its target:
+the baseline or the command in force, clamped; then the device's response) and integrates its SoC.
+
+What dispatch must cope with (``FleetConfig``; all off by default, so load tests behave as before; all
+seeded by ``--seed``, each from a stream of its own, so the sites themselves stay the same):
+
+* response: battery power follows its target through a first-order lag, time constant ``--lag-s`` on
+  average, each site drawn uniformly within ±``--lag-spread`` (0.5: ±50 %) of it, and a ramp limit
+  (``--ramp-kw-per-s`` for every site and/or ``--ramp-pct-per-s`` % of the site's max power per second;
+  the tighter applies; 0: none), integrated at the tick rate;
+* measurement noise: gaussian, sd ``--noise-kw``, on the reported battery and grid power (independently;
+  baseline_grid_kw is computed from the noisy values, as the agent would);
+* failures: ``--fail-share`` of the sites fail once, each at a uniform time in [``--fail-after-s``,
+  ``--fail-before-s``] after the start, in a mode drawn uniformly from ``--fail-modes`` (default all of
+  ``silent``, ``stuck``, ``partial``, ``nack``; see ``Failure``). The schedule (site, mode, unix time,
+  partial share) is ``Fleet.failures`` (``failure_schedule(config)`` computes it before a run; ``at`` is
+  set when the run starts) and the summary file's ``failures``. Silent sites' lost samples are not counted
+  overdue and the drain does not wait for them.
+
+Ground truth for benchmarks: after every tick ``Physics.delivered_sum`` is the fleet's true delivery, the
+sum over all sites (failed ones included) of battery - baseline, without measurement noise;
+``Physics.delivered_kw()`` is the per-site array and ``Fleet.delivered_kw()`` the total. Each wall-clock
+second becomes one point ``{"t": unix second, "delivered_kw", "offset_kw", "target_kw", "failed",
+"ticks"}``, means over the ticks of [t, t + 1): ``offset_kw`` is the sum of the offsets commanded and in
+force (as requested), ``target_kw`` the same after the power/SoC clamps (what ideal devices would
+deliver), ``failed`` how many failures have happened. The points are kept in ``Fleet.truth`` (in process),
+appended as JSON lines to ``--truth-file`` (one per second) and carried by each stats line (``truth``:
+the points since the previous line).
 
 What keeps it cheap (its own CPU is in every stats line): samples are encoded straight to protobuf wire
 bytes from one numpy row per site (checked against the generated classes in the tests), a central
 10 Hz tick serves every site (sites spread over the ten 100 ms slots and, through their start times,
-over the batch window) instead of a timer per site, and ~100 streams share one HTTP/2 channel.
+over the batch window) instead of a timer per site, the per-tick physics is a few numpy operations over
+all sites (~0.3 ms at 10,000 sites), and ~100 streams share one HTTP/2 channel.
 
 It records, per sample, the time from the stream write to the gateway's ack covering it; per command,
-receipt time, activation id and step; and counts of samples generated, sent and acked. Every
-``stats_interval_s`` it appends one JSON line to ``--stats-file`` (read by the Locust user and by the
-scale driver), and at exit writes ``--summary-file`` (per-site epochs and seqs, for exactly-once checks).
+receipt time, activation id and step; and counts of samples generated, sent and acked, and of acks by
+status. Every ``stats_interval_s`` it appends one JSON line to ``--stats-file`` (read by the Locust user
+and by the scale driver), and at exit writes ``--summary-file`` (per-site epochs, seqs and failure mode,
+for exactly-once checks; the failure schedule; the response settings).
 """
 
 from __future__ import annotations
@@ -38,6 +84,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -46,7 +93,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,35 +114,15 @@ SOC_MIN_PCT = 10.0  # the agent's default reserve and ceiling (vpp_edge settings
 SOC_MAX_PCT = 95.0
 CHARGE_EFFICIENCY = 0.95
 TICKS_PER_S = 10
+MAX_DT_S = 5.0  # physics step cap after a starved loop
+TRUTH_KEEP = 7 * 86400  # ground-truth points (seconds) kept in memory
 
 KIND_TELEMETRY = 0
 KIND_ACK = 1
 
 # -- protobuf wire encoding of the hot path (AgentMessage / Batch / BatchEntry / Telemetry) ---------------
-# Field tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited).
-_TELEMETRY_DOUBLES = (
-    ("pv_power_kw", 4),
-    ("load_power_kw", 5),
-    ("battery_power_kw", 6),
-    ("grid_power_kw", 7),
-    ("soc_pct", 8),
-    ("battery_capacity_kwh", 9),
-    ("max_charge_kw", 10),
-    ("max_discharge_kw", 11),
-    ("soc_min_pct", 12),
-    ("soc_max_pct", 13),
-    ("setpoint_kw", 14),
-)
-ROW_DTYPE = np.dtype(
-    [("tag_available", "u1"), ("available", "u1")]
-    + [item for name, _ in _TELEMETRY_DOUBLES for item in ((f"tag_{name}", "u1"), (name, "<f8"))]
-)
-ROW_BYTES = ROW_DTYPE.itemsize
-_ROW_TEMPLATE = np.zeros(1, dtype=ROW_DTYPE)
-_ROW_TEMPLATE["tag_available"] = (3 << 3) | 0
-_ROW_TEMPLATE["available"] = 1
-for _name, _number in _TELEMETRY_DOUBLES:
-    _ROW_TEMPLATE[f"tag_{_name}"] = (_number << 3) | 1
+# Field tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited); a field number
+# above 15 takes a two-byte tag.
 
 
 def varint(value: int) -> bytes:
@@ -110,6 +137,43 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+_TELEMETRY_DOUBLES = (
+    ("pv_power_kw", 4),
+    ("load_power_kw", 5),
+    ("battery_power_kw", 6),
+    ("grid_power_kw", 7),
+    ("soc_pct", 8),
+    ("battery_capacity_kwh", 9),
+    ("max_charge_kw", 10),
+    ("max_discharge_kw", 11),
+    ("soc_min_pct", 12),
+    ("soc_max_pct", 13),
+    ("setpoint_kw", 14),
+    ("baseline_battery_kw", 17),
+    ("baseline_grid_kw", 18),
+    ("offset_kw", 19),
+)
+_TAG_BYTES = {name: varint((number << 3) | 1) for name, number in _TELEMETRY_DOUBLES}
+ROW_DTYPE = np.dtype(
+    [("tag_available", "u1"), ("available", "u1")]
+    + [
+        item
+        for name, _ in _TELEMETRY_DOUBLES
+        for item in ((f"tag_{name}", "u1", (len(_TAG_BYTES[name]),)), (name, "<f8"))
+    ]
+)
+ROW_BYTES = ROW_DTYPE.itemsize
+_ROW_TEMPLATE = np.zeros(1, dtype=ROW_DTYPE)
+_ROW_TEMPLATE["tag_available"] = (3 << 3) | 0
+_ROW_TEMPLATE["available"] = 1
+for _name, _tag in _TAG_BYTES.items():
+    _ROW_TEMPLATE[f"tag_{_name}"] = np.frombuffer(_tag, dtype=np.uint8)
+# Telemetry.command_id (15, length-delimited), leader_epoch (20) and command_seq (21) (varints).
+_TAG_COMMAND_ID = 0x7A
+_TAG_LEADER_EPOCH = varint(20 << 3)
+_TAG_COMMAND_SEQ = varint(21 << 3)
+
+
 def len_field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (tag < 128)."""
     return bytes((tag,)) + varint(len(payload)) + payload
@@ -122,16 +186,25 @@ def timestamp_field(tag: int, unix_ns: int) -> bytes:
 
 
 def encode_rows(values: dict[str, np.ndarray], n: int) -> bytes:
-    """The fixed part of ``n`` Telemetry messages (available + the eleven doubles), one row per site."""
+    """The fixed part of ``n`` Telemetry messages (available + the doubles), one row per site."""
     rows = np.repeat(_ROW_TEMPLATE, n)
     for name, _ in _TELEMETRY_DOUBLES:
         rows[name] = values[name]
     return rows.tobytes()
 
 
-def telemetry_bytes(site_field: bytes, measured_at_field: bytes, row: bytes, command_id: str) -> bytes:
-    """A serialized ``Telemetry``: site_id (1), measured_at (2), the row, command_id (15)."""
-    tail = len_field(0x7A, command_id.encode()) if command_id else b""
+def command_tail(command_id: str, leader_epoch: int = 0, seq: int = 0) -> bytes:
+    """Telemetry's fields of the command in force: command_id (15), leader_epoch (20), command_seq (21)."""
+    tail = len_field(_TAG_COMMAND_ID, command_id.encode()) if command_id else b""
+    if leader_epoch:
+        tail += _TAG_LEADER_EPOCH + varint(leader_epoch)
+    if seq:
+        tail += _TAG_COMMAND_SEQ + varint(seq)
+    return tail
+
+
+def telemetry_bytes(site_field: bytes, measured_at_field: bytes, row: bytes, tail: bytes = b"") -> bytes:
+    """A serialized ``Telemetry``: site_id (1), measured_at (2), the row, then ``command_tail``'s fields."""
     return site_field + measured_at_field + row + tail
 
 
@@ -199,56 +272,170 @@ class Profile:
 
 
 class Physics:
-    """Every site's PV, load and battery as numpy arrays; ``step`` advances a subset by one second."""
+    """Every site's PV, load and battery as numpy arrays, advanced for all sites at once each tick.
+
+    ``refresh`` re-reads PV and load for the sites sampled this tick (each site once a second: the profile
+    is 15-minute data); ``advance`` moves every site's battery and SoC on by ``dt_s`` (local control or the
+    command in force, the device's response, failures); ``sample`` returns the telemetry values of a subset.
+    Battery power > 0 discharges, grid power > 0 imports (protos/vpp/v1/common.proto).
+    """
 
     def __init__(self, n: int, profile: Profile, rng: np.random.Generator) -> None:
         kinds = np.array(SITE_KINDS)
         pick = rng.choice(len(kinds), size=n, p=kinds[:, 0] / kinds[:, 0].sum())
         jitter = rng.uniform(0.7, 1.3, size=(n, 4))
+        self.n = n
         self.pv_kwp = kinds[pick, 1] * jitter[:, 0]
         self.capacity_kwh = kinds[pick, 2] * jitter[:, 1]
         self.max_kw = kinds[pick, 3] * jitter[:, 2]
         self.load_scale = kinds[pick, 4] * jitter[:, 3]
         self.soc = rng.uniform(30.0, 80.0, size=n)
         self.time_shift_s = rng.uniform(0.0, profile.period_s, size=n)
-        self.setpoint = np.zeros(n)
-        self.valid_until = np.zeros(n)  # unix s; a setpoint holds until then
-        self.battery = np.zeros(n)
         self.profile = profile
+        # The command in force: an absolute battery setpoint, or an offset on top of the baseline.
+        self.setpoint = np.zeros(n)
+        self.offset = np.zeros(n)
+        self.is_offset = np.zeros(n, dtype=bool)
+        self.valid_until = np.zeros(n)  # unix s; the command holds until then, local control after
         self.command_ids = [""] * n
+        self.command_tails = [b""] * n  # its telemetry fields (command_id, leader_epoch, command_seq)
+        # State after the latest ``advance``.
+        self.pv = np.zeros(n)
+        self.load = np.zeros(n)
+        self.in_force = np.zeros(n, dtype=bool)
+        self.baseline = np.zeros(n)  # what local control (self-consumption) would set
+        self.target = np.zeros(n)  # what the agent sets: the baseline, or the command clamped to the limits
+        self.battery = np.zeros(n)  # what the battery does (target through the device's response)
+        # The device's response (default: follows its target within the tick).
+        self.tau_s = np.zeros(n)
+        self.ramp_kw_per_s = np.full(n, np.inf)
+        self._dynamic = False
+        self._alpha_dt = -1.0
+        self._alpha = np.ones(n)
+        # Failures (see ``Failure``): a stuck battery holds ``stuck_kw``, a partial one delivers ``share`` of
+        # the agent's offset.
+        self.stuck = np.zeros(n, dtype=bool)
+        self.stuck_kw = np.zeros(n)
+        self.share = np.ones(n)
+        self._any_stuck = False
+        self._any_partial = False
+        # Measurement noise on the reported battery and grid power (sd, kW).
+        self.noise_kw = 0.0
+        self.noise_rng = np.random.default_rng(0)
+        # Fleet totals after the latest ``advance`` (ground truth for benchmarks), kW.
+        self.delivered_sum = 0.0  # sum of battery - baseline: what the meters really see
+        self.offset_sum = 0.0  # sum of the offsets commanded and in force (as requested)
+        self.target_sum = 0.0  # sum of target - baseline: the offsets after power and SoC limits
+        everyone = np.arange(n)
+        self.refresh(everyone, 0.0)
+        self.battery[:] = np.clip(self.load - self.pv, *self._bounds(everyone))  # start at local control
 
-    def limits(self, idx: np.ndarray | int) -> tuple[Any, Any]:
+    def set_response(self, tau_s: np.ndarray, ramp_kw_per_s: np.ndarray) -> None:
+        """Battery power follows its target through a first-order lag (``tau_s``, 0: none) and moves at most
+        ``ramp_kw_per_s`` (inf: no limit)."""
+        self.tau_s = np.asarray(tau_s, dtype=float)
+        self.ramp_kw_per_s = np.asarray(ramp_kw_per_s, dtype=float)
+        self._dynamic = bool(np.any(self.tau_s > 0) or np.any(np.isfinite(self.ramp_kw_per_s)))
+        self._alpha_dt = -1.0
+
+    def limits(self, idx: np.ndarray | int | slice) -> tuple[Any, Any]:
         """(max discharge, max charge) in kW now: the device limit, zero at the SoC reserve/ceiling."""
         discharge = np.where(self.soc[idx] > SOC_MIN_PCT, self.max_kw[idx], 0.0)
         charge = np.where(self.soc[idx] < SOC_MAX_PCT, self.max_kw[idx], 0.0)
         return discharge, charge
 
-    def step(self, idx: np.ndarray, elapsed_s: float, now_s: float) -> dict[str, np.ndarray]:
+    def _bounds(self, idx: np.ndarray | int | slice) -> tuple[Any, Any]:
+        discharge, charge = self.limits(idx)
+        return -charge, discharge
+
+    def baseline_now(self, i: int) -> float:
+        """Site ``i``'s local-control setpoint from its latest PV/load reading and SoC."""
+        low, high = self._bounds(i)
+        return float(min(max(float(self.load[i] - self.pv[i]), float(low)), float(high)))
+
+    def refresh(self, idx: np.ndarray, elapsed_s: float) -> None:
         p = self.profile
         t = elapsed_s + self.time_shift_s[idx]
-        pv = np.interp(t, p.offset_s, p.pv_kw_per_kwp, period=p.period_s) * self.pv_kwp[idx]
-        load = np.interp(t, p.offset_s, p.load_kw, period=p.period_s) * self.load_scale[idx]
-        commanded = self.valid_until[idx] > now_s
-        target = np.where(commanded, self.setpoint[idx], load - pv)  # no command: self-consumption
-        discharge, charge = self.limits(idx)
-        battery = np.clip(target, -charge, discharge)
-        energy_kwh = np.where(battery < 0, battery * CHARGE_EFFICIENCY, battery) / 3600.0
-        self.soc[idx] = np.clip(self.soc[idx] - energy_kwh / self.capacity_kwh[idx] * 100.0, 0.0, 100.0)
-        self.battery[idx] = battery
+        self.pv[idx] = np.interp(t, p.offset_s, p.pv_kw_per_kwp, period=p.period_s) * self.pv_kwp[idx]
+        self.load[idx] = np.interp(t, p.offset_s, p.load_kw, period=p.period_s) * self.load_scale[idx]
+
+    def advance(self, now_s: float, dt_s: float) -> None:
+        """Every site by ``dt_s``: targets at wall time ``now_s``, battery response, SoC, fleet totals."""
+        low, high = self._bounds(slice(None))
+        baseline = np.clip(self.load - self.pv, low, high)  # self-consumption: battery = load - pv
+        in_force = self.valid_until > now_s
+        wanted = np.where(self.is_offset, baseline + self.offset, self.setpoint)
+        target = np.where(in_force, np.clip(wanted, low, high), baseline)
+        goal = target
+        if self._any_partial:
+            goal = baseline + (goal - baseline) * self.share
+        if self._any_stuck:  # frozen output; the BMS still cuts it at the SoC reserve/ceiling
+            goal = np.clip(np.where(self.stuck, self.stuck_kw, goal), low, high)
+        if self._dynamic:
+            if dt_s != self._alpha_dt:
+                self._alpha_dt = dt_s
+                lagged = self.tau_s > 0
+                self._alpha = np.where(lagged, -np.expm1(-dt_s / np.where(lagged, self.tau_s, 1.0)), 1.0)
+            move = (goal - self.battery) * self._alpha
+            limit = self.ramp_kw_per_s * dt_s
+            battery = np.clip(self.battery + np.clip(move, -limit, limit), low, high)
+        else:
+            battery = goal
+        energy_kwh = np.where(battery < 0, battery * CHARGE_EFFICIENCY, battery) * (dt_s / 3600.0)
+        self.soc = np.clip(self.soc - energy_kwh / self.capacity_kwh * 100.0, 0.0, 100.0)
+        self.battery = battery
+        self.baseline = baseline
+        self.target = target
+        self.in_force = in_force
+        self.delivered_sum = float(battery.sum() - baseline.sum())
+        self.target_sum = float(target.sum() - baseline.sum())
+        self.offset_sum = float(self.offset[in_force & self.is_offset].sum())
+
+    def sample(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Telemetry of ``idx`` as the agent reports it (noisy battery and grid power if ``noise_kw``)."""
+        pv, load, battery = self.pv[idx], self.load[idx], self.battery[idx]
+        grid = load - pv - battery
+        if self.noise_kw > 0:
+            noise = self.noise_rng.normal(0.0, self.noise_kw, size=(2, len(idx)))
+            battery = battery + noise[0]
+            grid = grid + noise[1]
+        baseline, target, in_force = self.baseline[idx], self.target[idx], self.in_force[idx]
         return {
             "pv_power_kw": pv,
             "load_power_kw": load,
             "battery_power_kw": battery,
-            "grid_power_kw": load - pv - battery,
+            "grid_power_kw": grid,
             "soc_pct": self.soc[idx],
             "battery_capacity_kwh": self.capacity_kwh[idx],
             "max_charge_kw": self.max_kw[idx],
             "max_discharge_kw": self.max_kw[idx],
             "soc_min_pct": np.full(len(idx), SOC_MIN_PCT),
             "soc_max_pct": np.full(len(idx), SOC_MAX_PCT),
-            "setpoint_kw": np.where(commanded, self.setpoint[idx], battery),
-            "commanded": commanded,
+            "setpoint_kw": target,
+            # The agent's counterfactual from its own (measured) values: delivery at the meter,
+            # baseline_grid - grid, is then battery - baseline.
+            "baseline_battery_kw": baseline,
+            "baseline_grid_kw": grid + battery - baseline,
+            "offset_kw": np.where(in_force & self.is_offset[idx], target - baseline, 0.0),
+            "commanded": in_force,
         }
+
+    def delivered_kw(self) -> np.ndarray:
+        """Each site's true delivery now (battery - baseline, no measurement noise), kW."""
+        return self.battery - self.baseline
+
+    def fail_stuck(self, i: int) -> None:
+        self.stuck[i] = True
+        self.stuck_kw[i] = self.battery[i]
+        self._any_stuck = True
+
+    def fail_partial(self, i: int, share: float) -> None:
+        self.share[i] = share
+        self._any_partial = True
+
+    def release(self, i: int) -> None:
+        """Drop site ``i``'s command: local control from the next tick."""
+        self.valid_until[i] = 0.0
 
 
 # -- per-site protocol state ---------------------------------------------------------------------------
@@ -277,9 +464,14 @@ class SiteLink:
         "ack_dirty_since",
         "ack_flush_at",
         "ack_seqs",
+        "applied_steps",
         "call",
+        "dispatched",
         "dropping",
         "epoch",
+        "failed",
+        "fence_epoch",
+        "fence_seq",
         "first_unsent_ack_at",
         "idx",
         "inflight",
@@ -324,11 +516,16 @@ class SiteLink:
         self.welcomed = False
         self.writer = 0  # id of the write task in progress (0: none): one write at a time per stream
         self.dropping = False
+        self.dispatched = False  # a command is in force: samples go every dispatched_batch_interval_s
         self.ack_dirty_since = -1.0
         self.last_write = 0.0
         self.start_tick = start_tick
         self.reconnects = 0
         self.ack_seqs: list[int] = []  # seqs that carried CommandAcks (not telemetry): for exactly-once checks
+        self.failed = ""  # the failure mode once the site has failed (``Failure``)
+        self.fence_epoch = 0  # (leader_epoch, seq) of the last fenced command applied
+        self.fence_seq = 0
+        self.applied_steps: dict[str, int] = {}  # activation_id -> highest step applied
 
 
 @dataclass
@@ -345,6 +542,10 @@ class Counters:
     acks_acked: int = 0
     commands: int = 0
     command_duplicates: int = 0
+    acks_by_status: dict[str, int] = field(default_factory=dict)  # CommandAck status name -> count
+    duplicates_refused: int = 0  # acked DUPLICATE: (leader_epoch, seq) already applied
+    stale_epoch_refused: int = 0  # acked REJECTED: a lower leader_epoch than the last applied
+    double_applied: int = 0  # applied a step of an activation at or below one the site had applied already
     refusals: int = 0
     reconnects: int = 0
     stream_errors: dict[str, int] = field(default_factory=dict)
@@ -357,6 +558,7 @@ class FleetConfig:
     block: str = "b000"
     secret: str = ""
     batch_interval_s: float = 10.0  # vpp_edge settings.uplink_batch_interval_s
+    dispatched_batch_interval_s: float = 2.0  # vpp_edge settings.uplink_dispatched_batch_interval_s
     ack_max_delay_s: float = 1.5
     ack_spread_s: float = 1.0  # vpp_edge settings.uplink_ack_spread_s
     max_batch_entries: int = 64
@@ -371,6 +573,87 @@ class FleetConfig:
     seed: int = 0
     drop_at_s: float = 0.0  # chaos for tests: cancel a share of the streams once, at this time
     drop_share: float = 0.0
+    # What dispatch must cope with (all off by default). The battery follows its target through a
+    # first-order lag (time constant lag_s on average, each site drawn within ±lag_spread of it) and a ramp
+    # limit (the tighter of ramp_kw_per_s and ramp_pct_per_s % of the site's max power per second; 0: none).
+    lag_s: float = 0.0
+    lag_spread: float = 0.5
+    ramp_kw_per_s: float = 0.0
+    ramp_pct_per_s: float = 0.0
+    noise_kw: float = 0.0  # sd of gaussian noise on the reported battery and grid power
+    # A share of the sites fails once, each at a uniform time in [fail_after_s, fail_before_s] after the
+    # start, in a mode drawn uniformly from fail_modes (see ``Failure``).
+    fail_share: float = 0.0
+    fail_after_s: float = 0.0
+    fail_before_s: float = 0.0
+    fail_modes: tuple[str, ...] = ("silent", "stuck", "partial", "nack")
+
+
+FAILURE_MODES = ("silent", "stuck", "partial", "nack")
+PARTIAL_SHARE = (0.2, 0.7)
+
+
+@dataclass
+class Failure:
+    """One site's failure, from ``after_s`` after the fleet's start on (``at``: unix s, set when it runs).
+
+    * ``silent``: the stream drops and the site stays away: no telemetry, no acks; the battery returns to
+      local control when the command in force would revert (its valid_until, at most SETPOINT_REVERT_S).
+    * ``stuck``: the agent goes on as usual (acks APPLIED, or CLAMPED by the limits as any site), but the
+      battery's output freezes at its power when the failure began (the BMS still stops it at the SoC
+      reserve/ceiling).
+    * ``partial``: acks as usual, but the battery delivers only ``share`` (20-70 %) of the agent's offset.
+    * ``nack``: the command in force is dropped (local control) and every later command is acked REJECTED
+      "inverter fault".
+    """
+
+    site_id: str
+    idx: int
+    mode: str
+    after_s: float
+    share: float = 1.0  # partial: share of the offset delivered
+    at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "site_id": self.site_id,
+            "mode": self.mode,
+            "at": round(self.at, 3),
+            "after_s": round(self.after_s, 3),
+            "share": round(self.share, 4),
+        }
+
+
+def fleet_seed(config: FleetConfig) -> int:
+    return config.seed or zlib.crc32(config.block.encode())
+
+
+def failure_schedule(config: FleetConfig) -> list[Failure]:
+    """The failures a fleet with ``config`` will play (seeded; sorted by time). ``at`` is 0 until it runs."""
+    count = min(config.sites, round(config.fail_share * config.sites))
+    if count <= 0:
+        return []
+    modes = tuple(config.fail_modes)
+    unknown = set(modes) - set(FAILURE_MODES)
+    if unknown or not modes:
+        raise ValueError(f"fail_modes must be some of {FAILURE_MODES}, got {modes}")
+    rng = np.random.default_rng([fleet_seed(config), 2])  # its own stream: the physics draws stay the same
+    sites = rng.choice(config.sites, size=count, replace=False)
+    after = rng.uniform(config.fail_after_s, max(config.fail_after_s, config.fail_before_s), size=count)
+    picked = rng.integers(0, len(modes), size=count)
+    shares = rng.uniform(*PARTIAL_SHARE, size=count)
+    ids = site_ids(config.block, config.sites)
+    failures = [
+        Failure(
+            site_id=ids[int(i)],
+            idx=int(i),
+            mode=modes[int(m)],
+            after_s=float(a),
+            share=float(sh) if modes[int(m)] == "partial" else 1.0,
+        )
+        for i, a, m, sh in zip(sites, after, picked, shares, strict=True)
+    ]
+    return sorted(failures, key=lambda f: (f.after_s, f.idx))
 
 
 class Fleet:
@@ -380,12 +663,14 @@ class Fleet:
         profile: Profile,
         stats_path: Path | None = None,
         summary_path: Path | None = None,
+        truth_path: Path | None = None,
     ) -> None:
         self.cfg = config
-        seed = config.seed or zlib.crc32(config.block.encode())
+        seed = fleet_seed(config)
         self.rng = np.random.default_rng(seed)
         self._jitter = random.Random(seed)
         self.physics = Physics(config.sites, profile, self.rng)
+        self._set_response(seed)
         spread_ticks = max(1, int(config.start_spread_s * TICKS_PER_S))
         start_ticks = self.rng.integers(0, spread_ticks, size=config.sites)
         self._start_ticks = start_ticks
@@ -401,8 +686,22 @@ class Fleet:
         ]
         self._telemetry_site = [len_field(0x0A, link.site_id.encode()) for link in self.links]
         self.slots = [np.flatnonzero(start_ticks % TICKS_PER_S == s) for s in range(TICKS_PER_S)]
+        self._sample_from = start_ticks.copy()  # tick from which a site is sampled (never, once silent)
         self.stats_path = stats_path
         self.summary_path = summary_path
+        self.truth_path = truth_path
+        # Failures, in time order (``at`` is set when the run starts); ``_next_failure`` is the next to play.
+        self.failures = failure_schedule(config)
+        self._next_failure = 0
+        # Ground truth, one point per wall-clock second (see ``_truth_point``); ``_truth_sent``: how many of
+        # them the stats lines have carried.
+        self.truth: deque[dict[str, Any]] = deque(maxlen=TRUTH_KEEP)
+        self._truth_new: list[dict[str, Any]] = []
+        self._truth_second = -1
+        self._truth_acc = [0.0, 0.0, 0.0, 0]
+        self._truth_file: Any = None
+        self._last_tick_at = -1.0
+        self.clock_ns: Callable[[], int] = time.time_ns  # wall clock of the physics and commands (tests)
         self.counters = Counters()
         self._lat: dict[int, int] = {}
         self._msg_lat: dict[tuple[int, int], int] = {}
@@ -419,6 +718,23 @@ class Fleet:
         self.t0_wall = 0.0
         self._tick_now = 0
         self._writes = 0
+
+    def _set_response(self, seed: int) -> None:
+        """Per-site lag and ramp limit, and the measurement noise, from streams of their own (seeded)."""
+        cfg = self.cfg
+        n = cfg.sites
+        physics = self.physics
+        rng = np.random.default_rng([seed, 1])
+        spread = min(max(cfg.lag_spread, 0.0), 1.0)
+        tau = cfg.lag_s * rng.uniform(1.0 - spread, 1.0 + spread, size=n) if cfg.lag_s > 0 else np.zeros(n)
+        ramp = np.full(n, np.inf)
+        if cfg.ramp_kw_per_s > 0:
+            ramp = np.minimum(ramp, cfg.ramp_kw_per_s)
+        if cfg.ramp_pct_per_s > 0:
+            ramp = np.minimum(ramp, physics.max_kw * cfg.ramp_pct_per_s / 100.0)
+        physics.set_response(tau, ramp)
+        physics.noise_kw = max(0.0, cfg.noise_kw)
+        physics.noise_rng = np.random.default_rng([seed, 3])
 
     # -- channels --------------------------------------------------------------------------------
     def _connect(self, link: SiteLink) -> grpc.aio.StreamStreamCall:
@@ -444,6 +760,10 @@ class Fleet:
                 loop.add_signal_handler(sig, self._stop.set)
         self.t0_mono = time.monotonic()
         self.t0_wall = time.time()
+        for failure in self.failures:
+            failure.at = self.t0_wall + failure.after_s
+        if self.truth_path is not None:
+            self._truth_file = self.truth_path.open("a", buffering=1)  # line-buffered: one line a second
         sessions = [asyncio.create_task(self._session(link)) for link in self.links]
         ticker = asyncio.create_task(self._tick_loop())
         stats = asyncio.create_task(self._stats_loop())
@@ -460,6 +780,10 @@ class Fleet:
                 if task is not None:
                     task.cancel()
             await asyncio.gather(ticker, stats, *sessions, return_exceptions=True)
+            self._emit_truth()
+            if self._truth_file is not None:
+                self._truth_file.close()
+                self._truth_file = None
             self._write_stats(final=True)
             self._write_summary()
             await asyncio.gather(*(c.close(grace=None) for c in self._channels.values()), return_exceptions=True)
@@ -472,6 +796,8 @@ class Fleet:
         while time.monotonic() < deadline:
             pending = 0
             for link in self.links:
+                if link.failed == "silent":
+                    continue  # gone for good: its outbox never drains
                 if link.unsent and link.welcomed and not link.writer:
                     self._flush(link)
                 pending += len(link.outbox)
@@ -491,7 +817,7 @@ class Fleet:
         """One site's stream, reconnected with jittered exponential backoff (as the uplink)."""
         await asyncio.sleep(link.start_tick / TICKS_PER_S)
         attempt = 0
-        while True:
+        while link.failed != "silent":
             welcomed = False
             call = self._connect(link)
             link.call = call
@@ -510,7 +836,7 @@ class Fleet:
             except asyncio.CancelledError:
                 if not link.dropping:
                     raise
-                reason = "dropped (test)"
+                reason = "failed (silent)" if link.failed == "silent" else "dropped (test)"
             finally:
                 link.call = None
                 link.welcomed = False
@@ -519,6 +845,8 @@ class Fleet:
                 call.cancel()
             errors = self.counters.stream_errors
             errors[reason] = errors.get(reason, 0) + 1
+            if link.failed == "silent":
+                return  # the site stays away
             if welcomed:
                 attempt = 0
             delay_s = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2**attempt)
@@ -551,36 +879,105 @@ class Fleet:
             tick += 1
 
     def _tick(self, tick: int, now: float) -> None:
+        """One tick: failures due, PV/load of this slot's sites, every site's physics, ground truth, then the
+        slot's samples and pending heartbeats."""
         self._tick_now = tick
+        wall_ns = self.clock_ns()
+        wall = wall_ns / 1e9
+        elapsed = now - self.t0_mono
+        failures = self.failures
+        while self._next_failure < len(failures) and failures[self._next_failure].after_s <= elapsed:
+            self._fail(failures[self._next_failure])
+            self._next_failure += 1
         slot = self.slots[tick % TICKS_PER_S]
-        started = slot[self._start_ticks[slot] <= tick]
+        physics = self.physics
+        physics.refresh(slot, elapsed)
+        dt_s = 1.0 / TICKS_PER_S if self._last_tick_at < 0 else min(MAX_DT_S, max(0.0, now - self._last_tick_at))
+        self._last_tick_at = now
+        physics.advance(wall, dt_s)
+        self._account_truth(wall)
+        started = slot[self._sample_from[slot] <= tick]
         if len(started) and self._sampling:
-            self._sample(started, now)
+            self._sample(started, now, wall_ns)
         for i in list(self._dirty):
             self._maybe_heartbeat(self.links[i], now)
 
-    def _sample(self, idx: np.ndarray, now: float) -> None:
-        wall_ns = time.time_ns()
-        values = self.physics.step(idx, now - self.t0_mono, wall_ns / 1e9)
+    def _sample(self, idx: np.ndarray, now: float, wall_ns: int) -> None:
+        values = self.physics.sample(idx)
         rows = encode_rows(values, len(idx))
         measured_at = timestamp_field(0x12, wall_ns)
         gen_s = wall_ns // 1_000_000_000
         commanded = values["commanded"]
-        command_ids = self.physics.command_ids
+        tails = self.physics.command_tails
         counters = self.counters
         for j, i in enumerate(idx.tolist()):
             link = self.links[i]
+            link.dispatched = bool(commanded[j])
             if link.unsent and self._flush_due(link, now):
                 self._flush(link)
             body = telemetry_bytes(
                 self._telemetry_site[i],
                 measured_at,
                 rows[j * ROW_BYTES : (j + 1) * ROW_BYTES],
-                command_ids[i] if commanded[j] else "",
+                tails[i] if commanded[j] else b"",
             )
             self._enqueue(link, KIND_TELEMETRY, body, gen_s, now)
         counters.generated += len(idx)
         self._gen_by_s[gen_s] = self._gen_by_s.get(gen_s, 0) + len(idx)
+
+    def _fail(self, failure: Failure) -> None:
+        i = failure.idx
+        link = self.links[i]
+        link.failed = failure.mode
+        if failure.mode == "silent":
+            self._sample_from[i] = np.iinfo(self._sample_from.dtype).max
+            self._dirty.discard(i)
+            if link.call is not None:
+                link.dropping = True
+                link.call.cancel()
+        elif failure.mode == "stuck":
+            self.physics.fail_stuck(i)
+        elif failure.mode == "partial":
+            self.physics.fail_partial(i, failure.share)
+        elif failure.mode == "nack":
+            self.physics.release(i)
+
+    # -- ground truth ------------------------------------------------------------------------------
+    def _account_truth(self, wall: float) -> None:
+        second = int(wall)
+        if second != self._truth_second:
+            self._emit_truth()
+            self._truth_second = second
+        acc = self._truth_acc
+        physics = self.physics
+        acc[0] += physics.delivered_sum
+        acc[1] += physics.offset_sum
+        acc[2] += physics.target_sum
+        acc[3] += 1
+
+    def _emit_truth(self) -> None:
+        """The second's point: means over its ticks of the fleet totals (``Physics.advance``)."""
+        acc = self._truth_acc
+        ticks = int(acc[3])
+        if not ticks:
+            return
+        point = {
+            "t": self._truth_second,
+            "delivered_kw": round(acc[0] / ticks, 4),
+            "offset_kw": round(acc[1] / ticks, 4),
+            "target_kw": round(acc[2] / ticks, 4),
+            "failed": self._next_failure,
+            "ticks": ticks,
+        }
+        self._truth_acc = [0.0, 0.0, 0.0, 0]
+        self.truth.append(point)
+        self._truth_new.append(point)
+        if self._truth_file is not None:
+            self._truth_file.write(json.dumps(point, separators=(",", ":")) + "\n")
+
+    def delivered_kw(self) -> float:
+        """The fleet's true delivery at the latest tick (sum over sites of battery - baseline), kW."""
+        return self.physics.delivered_sum
 
     def _enqueue(self, link: SiteLink, kind: int, body: bytes, gen_s: int, now: float) -> None:
         if len(link.outbox) >= self.cfg.outbox_max:
@@ -616,7 +1013,10 @@ class Fleet:
             return True
         if link.first_unsent_ack_at >= 0 and now + 1e-9 >= link.ack_flush_at:
             return True  # a command ack goes (spread over ack_spread_s), with the samples taken so far
-        return link.unsent[0].queued_at + cfg.batch_interval_s <= now + 1e-9
+        interval_s = cfg.batch_interval_s
+        if link.dispatched:
+            interval_s = min(interval_s, cfg.dispatched_batch_interval_s)
+        return link.unsent[0].queued_at + interval_s <= now + 1e-9
 
     def _maybe_heartbeat(self, link: SiteLink, now: float) -> None:
         """Pending acks of gateway messages go on a heartbeat when no entry will carry them soon."""
@@ -757,7 +1157,7 @@ class Fleet:
             link.unsent = [e for e in link.unsent if e.seq > upto]
 
     def _on_command(self, link: SiteLink, command: dispatch_pb2.DispatchCommand, now: float) -> None:
-        received = time.time()
+        received = self.clock_ns() / 1e9
         if command.command_id in link.seen:
             self.counters.command_duplicates += 1
             return
@@ -768,38 +1168,85 @@ class Fleet:
         self.counters.commands += 1
         issued = command.issued_at.seconds + command.issued_at.nanos / 1e9 if command.HasField("issued_at") else 0.0
         self._cmds.append([link.site_id, command.activation_id, command.step, round(received, 6), round(issued, 6)])
+        ack = self._apply(link, command, received)
+        status = dispatch_pb2.AckStatus.Name(ack.status)
+        by_status = self.counters.acks_by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        self.counters.acks_sent += 1
+        self._enqueue(link, KIND_ACK, ack.SerializeToString(), int(received), now)
+
+    def _apply(self, link: SiteLink, command: dispatch_pb2.DispatchCommand, received: float) -> dispatch_pb2.CommandAck:
+        """Fence, check and apply a command as the agent does; the ack to send."""
+        is_offset = command.WhichOneof("target") == "offset_kw"
+        requested = command.offset_kw if is_offset else command.battery_setpoint_kw  # no target: 0 kW absolute
+        epoch, seq = command.leader_epoch, command.seq
         ack = dispatch_pb2.CommandAck(
-            command_id=command.command_id, site_id=link.site_id, requested_kw=command.battery_setpoint_kw
+            command_id=command.command_id,
+            site_id=link.site_id,
+            requested_kw=requested,
+            leader_epoch=epoch,
+            seq=seq,
+            activation_id=command.activation_id,
+            step=command.step,
         )
         ack.received_at.FromNanoseconds(int(received * 1e9))
         valid_until = command.valid_until.seconds + command.valid_until.nanos / 1e9
+        if epoch and (epoch, seq) <= (link.fence_epoch, link.fence_seq):
+            if epoch == link.fence_epoch:
+                self.counters.duplicates_refused += 1
+                ack.status = dispatch_pb2.ACK_STATUS_DUPLICATE
+                ack.reason = f"seq {seq} already applied (last {link.fence_seq})"
+            else:
+                self.counters.stale_epoch_refused += 1
+                ack.status = dispatch_pb2.ACK_STATUS_REJECTED
+                ack.reason = f"stale leader_epoch {epoch} (last applied {link.fence_epoch})"
+            return ack
+        if not math.isfinite(requested):
+            ack.status = dispatch_pb2.ACK_STATUS_REJECTED
+            ack.reason = f"{'offset_kw' if is_offset else 'battery_setpoint_kw'} is not a finite number"
+            return ack
         if command.HasField("valid_until") and valid_until < received:
             ack.status = dispatch_pb2.ACK_STATUS_EXPIRED
             ack.reason = "arrived after valid_until"
+            return ack
+        if link.failed == "nack":
+            ack.status = dispatch_pb2.ACK_STATUS_REJECTED
+            ack.reason = "inverter fault"
+            return ack
+        i = link.idx
+        physics = self.physics
+        discharge, charge = (float(v) for v in physics.limits(i))
+        baseline = physics.baseline_now(i) if is_offset else 0.0
+        wanted = baseline + requested
+        battery = min(max(wanted, -charge), discharge)
+        applied = battery - baseline
+        physics.is_offset[i] = is_offset
+        if is_offset:
+            physics.offset[i] = requested
         else:
-            i = link.idx
-            physics = self.physics
-            discharge, charge = physics.limits(i)
-            requested = command.battery_setpoint_kw
-            applied = float(min(max(requested, -float(charge)), float(discharge)))
-            physics.setpoint[i] = applied
-            revert_at = received + SETPOINT_REVERT_S
-            physics.valid_until[i] = min(valid_until, revert_at) if valid_until else revert_at
-            physics.command_ids[i] = command.command_id
-            ack.applied_kw = applied
-            ack.written_at.FromNanoseconds(time.time_ns())
-            if abs(applied - requested) > 1e-6:
-                ack.status = dispatch_pb2.ACK_STATUS_CLAMPED
-                limit = (
-                    f"max_discharge_kw={float(discharge):g}"
-                    if requested > applied
-                    else f"max_charge_kw={float(charge):g}"
-                )
-                ack.reason = f"requested {requested:.3f} kW, limited to {applied:.3f} kW by {limit}"
+            physics.setpoint[i] = requested
+        revert_at = received + SETPOINT_REVERT_S
+        physics.valid_until[i] = min(valid_until, revert_at) if valid_until else revert_at
+        physics.command_ids[i] = command.command_id
+        physics.command_tails[i] = command_tail(command.command_id, epoch, seq)
+        if epoch:
+            link.fence_epoch, link.fence_seq = epoch, seq
+        if command.activation_id and command.step:
+            if command.step <= link.applied_steps.get(command.activation_id, 0):
+                self.counters.double_applied += 1  # e.g. a step re-issued under a new epoch after a takeover
             else:
-                ack.status = dispatch_pb2.ACK_STATUS_APPLIED
-        self.counters.acks_sent += 1
-        self._enqueue(link, KIND_ACK, ack.SerializeToString(), int(received), now)
+                link.applied_steps[command.activation_id] = command.step
+        ack.applied_kw = applied
+        ack.battery_setpoint_kw = battery
+        ack.written_at.FromNanoseconds(self.clock_ns())
+        if abs(applied - requested) > 1e-6:
+            ack.status = dispatch_pb2.ACK_STATUS_CLAMPED
+            limit = f"max_discharge_kw={discharge:g}" if wanted > battery else f"max_charge_kw={charge:g}"
+            what = f"offset {requested:.3f} kW on baseline {baseline:.3f} kW" if is_offset else f"{requested:.3f} kW"
+            ack.reason = f"requested {what}, limited to {applied:.3f} kW by {limit}"
+        else:
+            ack.status = dispatch_pb2.ACK_STATUS_APPLIED
+        return ack
 
     # -- reporting ---------------------------------------------------------------------------------
     async def _stats_loop(self) -> None:
@@ -813,6 +1260,8 @@ class Fleet:
         so a gateway that stops acking does not make this grow with the backlog."""
         limit = time.monotonic() - OVERDUE_S
         for link in self.links:
+            if link.failed == "silent":
+                continue  # its samples are lost with it, not late
             watch = link.watch
             while watch and (watch[0].acked or watch[0].queued_at <= limit):
                 entry = watch.popleft()
@@ -846,6 +1295,9 @@ class Fleet:
             "refusals": c.refusals,
             "reconnects": c.reconnects,
             "stream_errors": dict(c.stream_errors),
+            "acks_by_status": dict(c.acks_by_status),
+            "failed": self._next_failure,
+            "truth": self._truth_new,
             "lat_ms": {str(k): v for k, v in self._lat.items()},
             "msg_lat_ms": [[ms, n, count] for (ms, n), count in self._msg_lat.items()],
             "gen_by_s": {str(k): v for k, v in self._gen_by_s.items()},
@@ -856,6 +1308,7 @@ class Fleet:
             "final": final,
         }
         self._lat, self._msg_lat, self._gen_by_s, self._acked_by_s, self._cmds = {}, {}, {}, {}, []
+        self._truth_new = []
         return line
 
     def _write_stats(self, final: bool) -> None:
@@ -874,11 +1327,32 @@ class Fleet:
                 "ack_seqs": link.ack_seqs,
                 "unacked": [e.seq for e in link.outbox],
                 "reconnects": link.reconnects,
+                "failed": link.failed,
             }
             for link in self.links
         }
         counters = {k: v for k, v in vars(self.counters).items()}
-        self.summary_path.write_text(json.dumps({"counters": counters, "sites": sites}))
+        cfg = self.cfg
+        response = {
+            "lag_s": cfg.lag_s,
+            "lag_spread": cfg.lag_spread,
+            "ramp_kw_per_s": cfg.ramp_kw_per_s,
+            "ramp_pct_per_s": cfg.ramp_pct_per_s,
+            "noise_kw": cfg.noise_kw,
+        }
+        summary = {
+            # Fencing, for failover benchmarks (also in counters).
+            "duplicates_refused": self.counters.duplicates_refused,
+            "stale_epoch_refused": self.counters.stale_epoch_refused,
+            "double_applied": self.counters.double_applied,
+            "counters": counters,
+            "sites": sites,
+            "t0": round(self.t0_wall, 3),
+            "response": response,
+            # The whole schedule; those after the run's end never happened (``played``).
+            "failures": [dict(f.as_dict(), played=k < self._next_failure) for k, f in enumerate(self.failures)],
+        }
+        self.summary_path.write_text(json.dumps(summary))
 
 
 def site_ids(block: str, n: int) -> list[str]:
@@ -908,6 +1382,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--secret", default=os.environ.get("VPP_FLEET_SECRET", ""), help="gateway token secret")
     parser.add_argument("--profile", type=Path, help="CSV offset_s,pv_kw_per_kwp,load_kw (default: the real series)")
     parser.add_argument("--batch-interval-s", type=float, default=10.0)
+    parser.add_argument("--dispatched-batch-interval-s", type=float, default=2.0)
     parser.add_argument("--streams-per-channel", type=int, default=100)
     parser.add_argument("--start-spread-s", type=float, default=10.0)
     parser.add_argument("--stats-file", type=Path)
@@ -918,6 +1393,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drop-at-s", type=float, default=0.0, help="tests: cancel a share of the streams once")
     parser.add_argument("--drop-share", type=float, default=0.0)
+    what = parser.add_argument_group("what dispatch must cope with (all off by default)")
+    what.add_argument("--lag-s", type=float, default=0.0, help="mean time constant of the battery's response")
+    what.add_argument("--lag-spread", type=float, default=0.5, help="per-site spread of --lag-s (0.5: ±50 %%)")
+    what.add_argument("--ramp-kw-per-s", type=float, default=0.0, help="ramp limit, kW/s (0: none)")
+    what.add_argument("--ramp-pct-per-s", type=float, default=0.0, help="ramp limit, %% of max power/s (0: none)")
+    what.add_argument("--noise-kw", type=float, default=0.0, help="sd of noise on reported battery/grid power")
+    what.add_argument("--fail-share", type=float, default=0.0, help="share of the sites that fail once")
+    what.add_argument("--fail-after-s", type=float, default=0.0, help="failures at uniform times from ...")
+    what.add_argument("--fail-before-s", type=float, default=0.0, help="... to this, after the start")
+    what.add_argument(
+        "--fail-modes", default=",".join(FAILURE_MODES), help="modes drawn from (comma-separated, uniform)"
+    )
+    what.add_argument(
+        "--truth-file", type=Path, help="append one line per second: the fleet's true delivered kW (see docstring)"
+    )
     args = parser.parse_args(argv)
     if not args.secret:
         from vpp_demo.stack import DEMO_SECRET
@@ -929,6 +1419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         block=args.block,
         secret=args.secret,
         batch_interval_s=args.batch_interval_s,
+        dispatched_batch_interval_s=args.dispatched_batch_interval_s,
         streams_per_channel=args.streams_per_channel,
         start_spread_s=args.start_spread_s,
         stats_interval_s=args.stats_interval_s,
@@ -937,9 +1428,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         drop_at_s=args.drop_at_s,
         drop_share=args.drop_share,
+        lag_s=args.lag_s,
+        lag_spread=args.lag_spread,
+        ramp_kw_per_s=args.ramp_kw_per_s,
+        ramp_pct_per_s=args.ramp_pct_per_s,
+        noise_kw=args.noise_kw,
+        fail_share=args.fail_share,
+        fail_after_s=args.fail_after_s,
+        fail_before_s=args.fail_before_s,
+        fail_modes=tuple(m.strip() for m in args.fail_modes.split(",") if m.strip()),
     )
+    failure_schedule(config)  # fail fast on a bad --fail-modes
     profile = Profile.from_csv(args.profile) if args.profile else Profile.real()
-    fleet = Fleet(config, profile, args.stats_file, args.summary_file)
+    fleet = Fleet(config, profile, args.stats_file, args.summary_file, args.truth_file)
     counters = asyncio.run(fleet.run())
     print(
         f"fleet {config.block}: {config.sites} sites, {counters.generated} samples, {counters.acked} acked, "

@@ -13,16 +13,34 @@ import matplotlib.pyplot as plt
 
 
 def plot_tracking(
-    samples: Sequence[Any], series: dict[str, list[tuple[float, float, float]]], path: Path, title: str
+    samples: Sequence[Any],
+    series: dict[str, list[tuple[float, float, float]]],
+    path: Path,
+    title: str,
+    events: Sequence[tuple[float, str]] = (),
 ) -> Path:
-    """Requested vs delivered per step (top) and each site's battery power from telemetry (bottom)."""
+    """Requested vs delivered per step (top) and each site's battery power from telemetry (bottom);
+    ``events`` (unix time, label) are marked on both panels (a site failing, a dispatcher killed)."""
     if not samples:
         raise RuntimeError("no tracking samples to plot")
     t0 = samples[0].at.ToNanoseconds() / 1e9
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     ts = [s.at.ToNanoseconds() / 1e9 - t0 for s in samples]
     ax1.step(ts, [s.requested_kw for s in samples], where="post", label="requested (TSO setpoint)", color="black")
-    ax1.plot([t + 4 for t in ts], [s.delivered_kw for s in samples], "o-", label="delivered (at step end)", color="C1")
+    ax1.plot(
+        [t + 4 for t in ts],
+        [s.delivered_kw for s in samples],
+        "o-",
+        label="delivered at the meters (step end)",
+        color="C1",
+    )
+    late = [(t + 4, s.delivered_kw) for t, s in zip(ts, samples, strict=True) if getattr(s, "late", False)]
+    if late:
+        ax1.plot(*zip(*late, strict=True), "s", color="red", label="step executed late (takeover)")
+    for at_s, label in events:
+        for ax in (ax1, ax2):
+            ax.axvline(at_s - t0, color="red", ls="--", lw=1)
+        ax1.annotate(label, (at_s - t0, ax1.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=8, color="red")
     ax1.set_ylabel("portfolio kW vs baseline")
     ax1.axhline(0, color="grey", lw=0.5)
     ax1.legend(loc="best")

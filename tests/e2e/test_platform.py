@@ -71,10 +71,8 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
     )
     assert start.up_capability_kw > 0 and start.down_capability_kw > 0
     dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
-    # Both dispatch replicas own some of the sites' partitions (the planner is one of them).
-    for i in range(2):
-        owned = metrics_of(stack.metrics_urls()[f"dispatch-{i}"])["vpp_kafka_partitions_owned"]
-        assert owned > 0, f"dispatch-{i} owns no partition"
+    # Exactly one dispatch replica holds the lease and acts; the other is a hot standby.
+    assert summed(stack, "dispatch", "vpp_dispatch_leader") == 1
     deadline = time.monotonic() + 60
     tracking = None
     while time.monotonic() < deadline:
@@ -89,27 +87,35 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
             break
     assert tracking is not None and len(tracking.samples) == 10
     n_sites = len(stack.sites)
-    assert tracking.commands_sent == 10 * n_sites
-    assert tracking.acks_received == 10 * n_sites  # every command reached its device and came back
+    time.sleep(2)  # the last commands' acks
+    tracking = dispatch.GetActivationTracking(
+        dispatch_api_pb2.GetActivationTrackingRequest(activation_id=start.activation_id), timeout=5
+    )
+    # Offsets are re-sent only when they change by more than the deadband (or are due a refresh).
+    assert n_sites <= tracking.commands_sent <= 10 * n_sites
+    assert tracking.acks_received == tracking.commands_sent  # every command reached its device and came back
     assert tracking.median_activation_to_write_ms > 0
     up = [s for s in tracking.samples if s.requested_kw > 0]
     down = [s for s in tracking.samples if s.requested_kw < 0]
     assert len(up) == 5 and len(down) == 5
     assert up[0].requested_kw == pytest.approx(0.4 * start.up_capability_kw)
     # farm-01's inverter delivers 60 % of its rating (the registers do not say so). Whenever its
-    # share needs more, dispatch sees it fall short at two step ends and moves the share to the
-    # others; no healthy site is ever blamed, and the last steps of each phase track within 5 %.
+    # share needs more, dispatch measures it short at a step end (at the meter, against the site's own
+    # baseline) and moves the share to the others; no healthy site is ever blamed, and the last steps of
+    # each phase track within 5 %.
     assert set(tracking.reallocated_sites) <= {"farm-01"}
     for phase in (up, down):
         for s in phase[-2:]:
             assert abs(s.error_kw) <= 0.05 * abs(s.requested_kw), s
 
-    # The other dispatch replica answers the same tracking (it reads the same plans and results).
-    with grpc.insecure_channel(stack.target("dispatch", 1)) as other:
-        again = dispatch_api_pb2_grpc.DispatchServiceStub(other).GetActivationTracking(
-            dispatch_api_pb2.GetActivationTrackingRequest(activation_id=start.activation_id), timeout=5
-        )
-    assert again == tracking
+    # Every dispatch replica answers the same tracking (each reads the tracking and run-state topics).
+    for i in range(2):
+        with grpc.insecure_channel(stack.target("dispatch", i)) as other:
+            again = dispatch_api_pb2_grpc.DispatchServiceStub(other).GetActivationTracking(
+                dispatch_api_pb2.GetActivationTrackingRequest(activation_id=start.activation_id), timeout=5
+            )
+        assert list(again.samples) == list(tracking.samples)
+        assert again.commands_sent == tracking.commands_sent
 
     assert summed(stack, "gateway", "vpp_gateway_connected_sites") == n_sites
     for i in range(2):  # agents are spread over both gateway replicas
@@ -124,8 +130,8 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
         for s in f.samples
         if s.name == "vpp_gateway_commands_total" and s.labels.get("outcome") == "delivered"
     )
-    assert delivered >= 10 * n_sites
-    assert summed(stack, "dispatch", "vpp_dispatch_activation_to_write_seconds_count") == 10 * n_sites
+    assert delivered >= tracking.commands_sent
+    assert summed(stack, "dispatch", "vpp_dispatch_activation_to_write_seconds_count") >= n_sites
     assert summed(stack, "dispatch", "vpp_dispatch_reallocations_total") == tracking.reallocations
     assert "vpp_dispatch_tracking_error_kw" in metrics_of(stack.metrics_urls()["dispatch-0"])
     for site in stack.site_ports:

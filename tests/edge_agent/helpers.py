@@ -43,22 +43,32 @@ def ts(value: datetime) -> Timestamp:
 
 
 def command(
-    setpoint_kw: float,
+    setpoint_kw: float | None = None,
     *,
+    offset_kw: float | None = None,
     command_id: str = "cmd-1",
     site_id: str = "site-1",
     issued_at: datetime = T0,
     valid_for_s: float = 60.0,
+    leader_epoch: int = 0,
+    seq: int = 0,
 ) -> dispatch_pb2.DispatchCommand:
-    return dispatch_pb2.DispatchCommand(
+    """An absolute command (setpoint_kw), an offset command (offset_kw), or one with no target."""
+    cmd = dispatch_pb2.DispatchCommand(
         command_id=command_id,
         site_id=site_id,
         activation_id="act-1",
         step=1,
-        battery_setpoint_kw=setpoint_kw,
         issued_at=ts(issued_at),
         valid_until=ts(issued_at + timedelta(seconds=valid_for_s)),
+        leader_epoch=leader_epoch,
+        seq=seq,
     )
+    if setpoint_kw is not None:
+        cmd.battery_setpoint_kw = setpoint_kw
+    if offset_kw is not None:
+        cmd.offset_kw = offset_kw
+    return cmd
 
 
 class FakeBridge:
@@ -98,6 +108,28 @@ class FakeDevice:
             raise DeviceError("scripted write failure")
         self.writes.append(setpoint_kw)
         return WriteResult(applied_kw=setpoint_kw, written_at=datetime.now(UTC), write_ms=0.5)
+
+
+class MeterDevice(FakeDevice):
+    """A FakeDevice behind one grid meter: by the next read the battery runs the last setpoint
+    written, and the meter balances the site (grid = load - pv - battery, > 0 import)."""
+
+    def __init__(self, *, pv_kw: float = 0.0, load_kw: float = 0.0, **overrides: float) -> None:
+        super().__init__(snapshot(**overrides))
+        self.pv_kw = pv_kw
+        self.load_kw = load_kw
+
+    async def read(self) -> DeviceSnapshot:
+        if self.next_snapshot is not None:
+            battery_kw = self.writes[-1] if self.writes else 0.0
+            self.next_snapshot = replace(
+                self.next_snapshot,
+                pv_power_kw=self.pv_kw,
+                load_power_kw=self.load_kw,
+                battery_power_kw=battery_kw,
+                grid_power_kw=self.load_kw - self.pv_kw - battery_kw,
+            )
+        return await super().read()
 
 
 class FrozenClock:

@@ -1,4 +1,10 @@
-"""Platform dispatch: the latest command is an EQUAL constraint until its valid_until."""
+"""Platform dispatch: the latest command is an EQUAL constraint until its valid_until.
+
+An absolute command (`battery_setpoint_kw`) asks for that battery power. An offset command
+(`offset_kw`) asks for the cycle's baseline (what local control would set without dispatch) plus
+the offset, recomputed every cycle: the offset rides on the moving baseline, so what the meter
+sees change because of dispatch is the offset, whatever the house load does meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,16 @@ def valid_until(command: dispatch_pb2.DispatchCommand) -> datetime | None:
     if not command.HasField("valid_until"):
         return None
     return command.valid_until.ToDatetime(tzinfo=UTC)
+
+
+def is_offset(command: dispatch_pb2.DispatchCommand) -> bool:
+    """True for an offset command (battery power added to the baseline), False for an absolute one."""
+    return command.WhichOneof("target") == "offset_kw"
+
+
+def requested_kw(command: dispatch_pb2.DispatchCommand) -> float:
+    """What the command asks for in its own terms: the offset, or the absolute battery power."""
+    return command.offset_kw if is_offset(command) else command.battery_setpoint_kw
 
 
 class DispatchController:
@@ -51,12 +67,11 @@ class DispatchController:
             if self.on_expired is not None:
                 self.on_expired(command)
             return []
-        return [
-            Constraint(
-                Relation.EQUAL,
-                command.battery_setpoint_kw,
-                self.name,
-                f"dispatch command {command.command_id}",
-                command.command_id,
-            )
-        ]
+        if is_offset(command):
+            if ctx.baseline_battery_kw is None:
+                raise ValueError("an offset command needs the cycle's baseline (CycleContext.baseline_battery_kw)")
+            target_kw = ctx.baseline_battery_kw + command.offset_kw
+        else:
+            target_kw = command.battery_setpoint_kw
+        why = f"dispatch command {command.command_id}"
+        return [Constraint(Relation.EQUAL, target_kw, self.name, why, command.command_id)]

@@ -1,0 +1,348 @@
+"""Closed-loop control of one activation, step by step. Pure: the service feeds it site readings, acks
+and the market's setpoints, and publishes what it returns; tests drive it the same way.
+
+Every quantity is an *offset* from the site's own baseline (what its local control would set, reported
+by the agent every cycle), so a dispatcher that takes over mid-activation starts from the offsets in
+force and never from a power that already contains them. Delivery is measured at the meter:
+``baseline_grid_kw - grid_power_kw`` per site.
+
+Per step (``plan``):
+1. sites that did not ack their last command within ``ack_timeout_s``, nacked it, went offline or were
+   found short at the last step end are dropped; what a dropped site still delivers (a stuck output) is
+   measured and counted as a fixed part of the delivery, so the rest is moved to sites with headroom;
+2. each remaining site's offset range: its battery range now (power- and energy-limited over
+   ``energy_horizon_h``) minus its baseline minus what other activations already hold at the site
+   (so activations never command more than a site can do in sum), within the ramp reachable in a step;
+3. the exact allocator (``dispatch.allocation``) places target + integral - fixed in *delivered* space
+   (each site's offset times its estimated gain), balancing time-to-empty, wear and churn.
+At each step end (``close``): per-site delivery against its command (gain estimate, shortfall drop), and
+the sites still in: what they missed of their commands is integrated into the next target (a dropped
+site's miss is not: its share moves instead, so the integral does not wind up and overshoot).
+Open loop (``closed_loop=False``, the benchmark's reference): pro-rata over the sites online at the
+first step, no drops, no gains, no integral.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from vpp.v1 import dispatch_pb2, telemetry_pb2
+
+from dispatch.allocation import AllocationProblem, allocate, preferred_offsets
+
+_EPS_KW = 1e-9
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    closed_loop: bool = True
+    energy_horizon_h: float = 0.25  # a site's energy must carry its offset this long (the product's duration)
+    efficiency: float = 0.95
+    ramp_pct_per_s: float = 100.0  # per-site change of offset per second, % of its power rating
+    balance_weight: float = 1.0
+    wear_weight: float = 0.01
+    churn_weight: float = 0.05
+    deadband_kw: float = 0.05  # no new command for a smaller change
+    ack_timeout_s: float = 2.0  # a commanded site that has not acked by then is dropped
+    settle_s: float = 2.0  # a site is judged on readings at least this long after its command
+    judge_min_kw: float = 0.3  # smaller commands are not judged (noise)
+    shortfall_rel: float = 0.3  # delivering less than (1 - this) of the command at a step end drops the site
+    shortfall_abs_kw: float = 0.3
+    gain_smoothing: float = 0.5
+    gain_min: float = 0.7
+    gain_max: float = 1.3
+    integral_gain: float = 0.2
+    integral_cap_rel: float = 0.1  # of the largest setpoint seen
+
+
+@dataclass(frozen=True)
+class SiteNow:
+    """One site as its newest reading shows it (offset range in absolute battery power)."""
+
+    site_id: str
+    fresh: bool
+    baseline_battery_kw: float
+    battery_min_kw: float  # most charging it can hold over the horizon (< 0)
+    battery_max_kw: float  # most discharging it can hold over the horizon
+    energy_up_kwh: float
+    energy_down_kwh: float
+    rating_kw: float
+    delivered_kw: float  # at the meter: baseline_grid_kw - grid_power_kw
+    measured_at_s: float
+
+
+def site_now(t: telemetry_pb2.Telemetry, measured_at_s: float, fresh: bool, cfg: ControlConfig) -> SiteNow:
+    """What control needs from one reading: energy-limited battery range, baseline, meter delivery."""
+    usable = fresh and t.available and t.battery_capacity_kwh > 0
+    soc = min(max(t.soc_pct, 0.0), 100.0)
+    e_up = max(0.0, (soc - t.soc_min_pct) / 100.0 * t.battery_capacity_kwh) * cfg.efficiency if usable else 0.0
+    e_down = max(0.0, (t.soc_max_pct - soc) / 100.0 * t.battery_capacity_kwh) / cfg.efficiency if usable else 0.0
+    h = max(cfg.energy_horizon_h, 1e-6)
+    hi = min(max(0.0, t.max_discharge_kw), e_up / h) if usable else 0.0
+    lo = -min(max(0.0, t.max_charge_kw), e_down / h) if usable else 0.0
+    return SiteNow(
+        site_id=t.site_id,
+        fresh=usable,
+        baseline_battery_kw=t.baseline_battery_kw,
+        battery_min_kw=lo,
+        battery_max_kw=hi,
+        energy_up_kwh=e_up,
+        energy_down_kwh=e_down,
+        rating_kw=max(t.max_charge_kw, t.max_discharge_kw, 0.0),
+        delivered_kw=t.baseline_grid_kw - t.grid_power_kw,
+        measured_at_s=measured_at_s,
+    )
+
+
+@dataclass
+class SiteRun:
+    offset_kw: float = 0.0  # this activation's offset in force at the site
+    gain: float = 1.0  # estimated delivered / commanded
+    dropped: str = ""  # why the site was taken out ("" while it is in)
+    commanded_at_s: float = 0.0  # when its current command was sent
+    awaiting_ack: bool = False
+    delivered_kw: float = 0.0  # this activation's part of its meter delivery at the last step end
+    share_at_drop: float = 0.0  # this activation's part of the site's total offset when it was dropped
+
+
+@dataclass
+class StepRecord:
+    step: int
+    target_kw: float
+    issued_at_s: float
+    offsets_kw: dict[str, float]  # this activation's offset per site during the step
+    totals_kw: dict[str, float]  # every activation's offsets per site during the step
+    unallocated_kw: float
+    epoch: int
+    late: bool
+    commanded_at_s: dict[str, float] = field(default_factory=dict)  # when each site's command in force was sent
+    delivered_kw: float | None = None
+    closed: bool = False
+
+
+@dataclass
+class Decision:
+    offsets_kw: dict[str, float]  # new offset of this activation per site (every site of the run)
+    changed: set[str]  # sites whose total offset needs a new command
+    unallocated_kw: float
+    dropped: list[tuple[str, str]]
+
+
+@dataclass
+class Run:
+    """One activation as dispatch runs it."""
+
+    activation_id: str
+    product: str = ""
+    portfolio_id: str = ""
+    sites: dict[str, SiteRun] = field(default_factory=dict)
+    frozen: set[str] | None = None  # open loop: the sites online at the first step
+    step: int = 0
+    setpoint_kw: float = 0.0
+    integral_kw: float = 0.0
+    max_abs_setpoint_kw: float = 0.0
+    step_period_s: float = 4.0
+    history: dict[int, StepRecord] = field(default_factory=dict)
+    finished: bool = False
+
+    def site(self, site_id: str) -> SiteRun:
+        run = self.sites.get(site_id)
+        if run is None:
+            run = self.sites[site_id] = SiteRun()
+        return run
+
+    def dropped_count(self) -> int:
+        return sum(1 for s in self.sites.values() if s.dropped)
+
+
+def drop(site: SiteRun, reason: str, total_kw: float) -> None:
+    if site.dropped:
+        return
+    site.share_at_drop = site.offset_kw / total_kw if abs(total_kw) > _EPS_KW else 0.0
+    site.dropped = reason  # its offset goes to 0 with the next plan (and the site is told so)
+    site.awaiting_ack = False
+
+
+def on_ack(run: Run, site_id: str, status: int, reason: str, total_kw: float, cfg: ControlConfig) -> None:
+    """An ack of a command that carried this activation's share."""
+    site = run.sites.get(site_id)
+    if site is None:
+        return
+    site.awaiting_ack = False
+    if cfg.closed_loop and status in (dispatch_pb2.ACK_STATUS_REJECTED, dispatch_pb2.ACK_STATUS_EXPIRED):
+        drop(site, f"nack: {dispatch_pb2.AckStatus.Name(status)} {reason}".strip(), total_kw)
+
+
+def plan(
+    run: Run,
+    fleet: list[SiteNow],
+    others_kw: dict[str, float],
+    target_kw: float,
+    now_s: float,
+    step_s: float,
+    cfg: ControlConfig,
+) -> Decision:
+    """This step's offsets for ``run``; ``others_kw``: offsets other activations hold per site."""
+    dropped: list[tuple[str, str]] = []
+    if run.frozen is None and not cfg.closed_loop:
+        run.frozen = {s.site_id for s in fleet if s.fresh}
+    if cfg.closed_loop:
+        fresh = {s.site_id for s in fleet if s.fresh}
+        for site_id, site in run.sites.items():
+            if site.dropped:
+                continue
+            total = site.offset_kw + others_kw.get(site_id, 0.0)
+            if site_id not in fresh and abs(site.offset_kw) > _EPS_KW:
+                drop(site, "offline: no fresh telemetry", total)
+            elif site.awaiting_ack and now_s - site.commanded_at_s > cfg.ack_timeout_s:
+                drop(site, f"no answer: no ack within {cfg.ack_timeout_s:g} s", total)
+            else:
+                continue
+            dropped.append((site_id, site.dropped))
+    run.max_abs_setpoint_kw = max(run.max_abs_setpoint_kw, abs(target_kw))
+
+    n = len(fleet)
+    ids = [s.site_id for s in fleet]
+    eligible = np.zeros(n, dtype=bool)
+    lo = np.zeros(n)
+    hi = np.zeros(n)
+    prev = np.zeros(n)
+    gain = np.ones(n)
+    e_up = np.zeros(n)
+    e_down = np.zeros(n)
+    fixed_kw = 0.0
+    for i, s in enumerate(fleet):
+        known = run.sites.get(s.site_id)
+        if known is not None and known.dropped:
+            if s.fresh:  # a stuck or partial output still delivers: count it, place the rest elsewhere
+                fixed_kw += known.share_at_drop * s.delivered_kw
+            continue
+        if not s.fresh or (run.frozen is not None and s.site_id not in run.frozen):
+            continue
+        other = others_kw.get(s.site_id, 0.0)
+        own_prev = known.offset_kw if known is not None else 0.0
+        range_lo = s.battery_min_kw - s.baseline_battery_kw - other
+        range_hi = s.battery_max_kw - s.baseline_battery_kw - other
+        ramp_kw = cfg.ramp_pct_per_s / 100.0 * s.rating_kw * step_s
+        lo_i, hi_i = max(range_lo, own_prev - ramp_kw), min(range_hi, own_prev + ramp_kw)
+        if range_lo > range_hi:  # other activations already hold more than the site can do: no room
+            lo_i = hi_i = min(max(own_prev, range_hi), range_lo)
+        elif lo_i > hi_i:  # the site's range moved beyond a ramp (baseline, SoC): the range wins
+            lo_i = hi_i = min(max(own_prev, range_lo), range_hi)
+        eligible[i] = True
+        lo[i], hi[i], prev[i] = lo_i, hi_i, own_prev
+        gain[i] = known.gain if (known is not None and cfg.closed_loop) else 1.0
+        e_up[i], e_down[i] = s.energy_up_kwh, s.energy_down_kwh
+
+    idx = np.flatnonzero(eligible)
+    offsets = np.zeros(n)
+    if cfg.closed_loop:
+        want_kw = target_kw + run.integral_kw - fixed_kw
+        g = gain[idx]
+        problem = AllocationProblem(
+            target_kw=want_kw,
+            lo_kw=lo[idx] * g,
+            hi_kw=hi[idx] * g,
+            preferred_kw=preferred_offsets(want_kw, e_up[idx], e_down[idx]),
+            previous_kw=prev[idx] * g,
+            balance_weight=np.full(len(idx), cfg.balance_weight) / np.maximum(hi[idx] - lo[idx], 1e-3),
+            wear_weight=np.full(len(idx), cfg.wear_weight) / np.maximum(hi[idx] - lo[idx], 1e-3),
+            churn_weight=np.full(len(idx), cfg.churn_weight) / np.maximum(hi[idx] - lo[idx], 1e-3),
+            deadband_kw=cfg.deadband_kw,
+        )
+        result = allocate(problem)
+        offsets[idx] = result.offsets_kw / g
+        unallocated_kw = result.shortfall_kw
+    else:
+        caps = np.maximum(hi[idx], 0.0) if target_kw >= 0 else np.maximum(-lo[idx], 0.0)
+        total = float(caps.sum())
+        served = min(abs(target_kw), total)
+        if total > 0:
+            offsets[idx] = math.copysign(1.0, target_kw) * caps * (served / total)
+        unallocated_kw = math.copysign(abs(target_kw) - served, target_kw)
+
+    out: dict[str, float] = {}
+    changed: set[str] = set()
+    for i, site_id in enumerate(ids):
+        new = float(offsets[i])
+        current = run.sites.get(site_id)
+        old = current.offset_kw if current is not None else 0.0
+        if current is None and abs(new) <= _EPS_KW:
+            continue
+        if abs(new - old) > _EPS_KW:
+            changed.add(site_id)
+        run.site(site_id).offset_kw = new
+        out[site_id] = new
+    for site_id, site in run.sites.items():  # dropped or gone from the fleet: offset 0
+        if site_id not in out:
+            if abs(site.offset_kw) > _EPS_KW:
+                changed.add(site_id)
+            site.offset_kw = 0.0
+            out[site_id] = 0.0
+    return Decision(out, changed, unallocated_kw, dropped)
+
+
+def close(
+    run: Run,
+    record: StepRecord,
+    readings: dict[str, SiteNow],
+    end_s: float,
+    cfg: ControlConfig,
+) -> float:
+    """Measure ``record``'s step at its end from each site's reading at or before ``end_s``; judge the
+    sites and update gains and the integral (closed loop). Returns the delivered kW of this activation."""
+    delivered = 0.0
+    residual_kw = 0.0  # commanded minus delivered by the sites still in: the error the integral may chase
+    for site_id, site in run.sites.items():
+        reading = readings.get(site_id)
+        own = record.offsets_kw.get(site_id, 0.0)
+        total = record.totals_kw.get(site_id, own)
+        if reading is None or not reading.fresh:
+            continue
+        if abs(total) > _EPS_KW:
+            part = reading.delivered_kw * own / total
+        elif site.dropped:
+            part = reading.delivered_kw * site.share_at_drop
+        else:
+            part = 0.0
+        site.delivered_kw = part
+        delivered += part
+        if not cfg.closed_loop or site.dropped:
+            continue
+        residual_kw += own - part
+        if abs(total) < cfg.judge_min_kw:
+            continue
+        commanded_at_s = record.commanded_at_s.get(site_id, site.commanded_at_s)
+        if reading.measured_at_s < commanded_at_s + cfg.settle_s or reading.measured_at_s > end_s:
+            continue  # not settled yet: judged at a later step end
+        ratio = reading.delivered_kw / total
+        miss_kw = abs(total - reading.delivered_kw)
+        if ratio < 1.0 - cfg.shortfall_rel and miss_kw > cfg.shortfall_abs_kw:
+            drop(site, f"short: delivered {reading.delivered_kw:.2f} of {total:.2f} kW", total)
+            residual_kw -= own - part  # explained: its share moves with the drop, not through the integral
+            continue
+        observed = min(max(ratio, cfg.gain_min), cfg.gain_max)
+        site.gain += cfg.gain_smoothing * (observed - site.gain)
+    record.delivered_kw = delivered
+    record.closed = True
+    if cfg.closed_loop:
+        # Only what the sites still in fell short of (or beyond) their commands is integrated: a dropped
+        # site's miss is handled by moving its share, and the unallocated part has nowhere to go.
+        cap = cfg.integral_cap_rel * run.max_abs_setpoint_kw
+        run.integral_kw = min(cap, max(-cap, run.integral_kw + cfg.integral_gain * residual_kw))
+    return delivered
+
+
+def totals_by_site(runs: Iterable[Run], exclude: str = "") -> dict[str, float]:
+    """Offsets every (other) running activation holds per site."""
+    out: dict[str, float] = {}
+    for run in runs:
+        if run.activation_id == exclude or run.finished:
+            continue
+        for site_id, site in run.sites.items():
+            if abs(site.offset_kw) > _EPS_KW:
+                out[site_id] = out.get(site_id, 0.0) + site.offset_kw
+    return out
