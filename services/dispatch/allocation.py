@@ -36,6 +36,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
+HIGHS_ACTIVE_SET_MAX_SITES = 2_000
 CHANGED_EPS_KW = 1e-9  # an offset that moved by less than this is "unchanged": no new command
 MIN_RANGE_KW = 1.0  # make_problem's normalising range floor: keeps weights of pinned sites finite
 _REL_WEIGHT_FLOOR = 1e-300  # a_i / max(a) below this would overflow 1/(2 a_i); such sites are cost-free anyway
@@ -128,9 +129,7 @@ def objective(problem: AllocationProblem, x: npt.ArrayLike) -> float:
     )
 
 
-def preferred_offsets(
-    target_kw: float, energy_up_kwh: npt.ArrayLike, energy_down_kwh: npt.ArrayLike
-) -> FloatArray:
+def preferred_offsets(target_kw: float, energy_up_kwh: npt.ArrayLike, energy_down_kwh: npt.ArrayLike) -> FloatArray:
     """SoC-balancing share of the target: p_i = T * e_i / sum(e), e the energy left in T's direction.
 
     Why: under this split every site runs out of energy at the same moment, sum(e) / |T|, which is the
@@ -187,6 +186,9 @@ def make_problem(
     if lo.ndim != 1 or lo.shape != hi.shape:
         raise ValueError(f"lo_kw and hi_kw must be 1-D of one length, got {lo.shape}, {hi.shape}")
     n = lo.shape[0]
+    for name, energy in (("energy_up_kwh", energy_up_kwh), ("energy_down_kwh", energy_down_kwh)):
+        if np.shape(energy) != (n,):
+            raise ValueError(f"{name} must have shape ({n},) like lo_kw, got {np.shape(energy)}")
     per_kw_of_range = 1.0 / np.maximum(hi - lo, MIN_RANGE_KW)
 
     def scaled(name: str, w: npt.ArrayLike) -> FloatArray:
@@ -244,10 +246,17 @@ def _solve_exact(
     sum_lo = float(lo.sum())
     sum_hi = float(hi.sum())
     target = min(max(target_kw, sum_lo), sum_hi)
-    if target <= sum_lo:  # every site at its floor; lam is the cheapest next kW up
-        return lo.copy(), float((two_a * lo - b).min()), target
-    if target >= sum_hi:  # every site at its ceiling; lam is the dearest last kW
-        return hi.copy(), float((two_a * hi - b).max()), target
+    if target <= sum_lo or target >= sum_hi:
+        # Every site at one bound. Any lam beyond the movable sites' breakpoints fits the KKT conditions;
+        # report the boundary one: the cheapest next kW up (at the floors), the dearest last kW (ceilings).
+        at_floor = target <= sum_lo
+        x = lo.copy() if at_floor else hi.copy()
+        movable = lo < hi
+        lam = 0.0  # all sites pinned: every lam fits
+        if movable.any():
+            edge = (two_a * x - b)[movable]
+            lam = float(edge.min() if at_floor else edge.max())
+        return x, lam, target
 
     inv = 1.0 / two_a
     breaks = np.concatenate((two_a * lo - b, two_a * hi - b))
@@ -374,10 +383,11 @@ def solve_with_highs(
     recomputed with ``objective`` at HiGHS's x (constant terms included). A solve that HiGHS does not
     finish as optimal is retried in rescaled units (see _HIGHS_SCALES).
 
-    solver: "auto" uses HiGHS's interior-point QP solver HiPO where the installed highspy has it
-    (highspy-extras; near-linear in n) and otherwise HiGHS's active-set QP solver, whose cost grows
+    solver: "auto" uses HiGHS's active-set QP solver up to HIGHS_ACTIVE_SET_MAX_SITES and its
+    interior-point QP solver HiPO above (highspy-extras; near-linear in n; it fails on some small
+    degenerate instances the active set solves), or the active set where HiPO is not installed, whose cost grows
     roughly with n^3 (about 1 s at 1,000 sites and 10 s at 2,000 on a 2-core machine; at 10,000 it
-    runs for many minutes). Any other value is passed to HiGHS's "solver" option as is.
+    failed after 5 minutes with the default options). Any other value goes to HiGHS's "solver" option.
     Raises RuntimeError with HiGHS's model status unless a solve ends optimal.
     """
     import highspy  # deferred: only the reference check needs it
@@ -394,7 +404,9 @@ def solve_with_highs(
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         if solver == "auto":
-            if h.setOptionValue("solver", "hipo") != highspy.HighsStatus.kOk:
+            # Active set (exact on its vertex, robust on degenerate instances) where it is fast enough;
+            # HiPO above that.
+            if n <= HIGHS_ACTIVE_SET_MAX_SITES or h.setOptionValue("solver", "hipo") != highspy.HighsStatus.kOk:
                 h.setOptionValue("solver", "choose")
         elif h.setOptionValue("solver", solver) != highspy.HighsStatus.kOk:
             raise RuntimeError(f"HiGHS rejected solver={solver!r}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from vpp.v1 import dispatch_pb2, telemetry_pb2
 
-from dispatch.allocation import AllocationProblem, allocate, preferred_offsets
+from dispatch.allocation import MIN_RANGE_KW, AllocationProblem, allocate, preferred_offsets
 
 _EPS_KW = 1e-9
 
@@ -101,6 +101,7 @@ def site_now(t: telemetry_pb2.Telemetry, measured_at_s: float, fresh: bool, cfg:
 class SiteRun:
     offset_kw: float = 0.0  # this activation's offset in force at the site
     gain: float = 1.0  # estimated delivered / commanded
+    lag_s: float = 0.0  # estimated first-order response time constant (0: not yet seen)
     dropped: str = ""  # why the site was taken out ("" while it is in)
     commanded_at_s: float = 0.0  # when its current command was sent
     awaiting_ack: bool = False
@@ -242,15 +243,17 @@ def plan(
     if cfg.closed_loop:
         want_kw = target_kw + run.integral_kw - fixed_kw
         g = gain[idx]
+        # Weights per kW of each site's range, so a 5 kW home and a 500 kW factory are treated alike.
+        per_range = 1.0 / np.maximum(hi[idx] - lo[idx], MIN_RANGE_KW)
         problem = AllocationProblem(
             target_kw=want_kw,
             lo_kw=lo[idx] * g,
             hi_kw=hi[idx] * g,
             preferred_kw=preferred_offsets(want_kw, e_up[idx], e_down[idx]),
             previous_kw=prev[idx] * g,
-            balance_weight=np.full(len(idx), cfg.balance_weight) / np.maximum(hi[idx] - lo[idx], 1e-3),
-            wear_weight=np.full(len(idx), cfg.wear_weight) / np.maximum(hi[idx] - lo[idx], 1e-3),
-            churn_weight=np.full(len(idx), cfg.churn_weight) / np.maximum(hi[idx] - lo[idx], 1e-3),
+            balance_weight=cfg.balance_weight * per_range,
+            wear_weight=cfg.wear_weight * per_range,
+            churn_weight=cfg.churn_weight * per_range,
             deadband_kw=cfg.deadband_kw,
         )
         result = allocate(problem)
@@ -285,17 +288,53 @@ def plan(
     return Decision(out, changed, unallocated_kw, dropped)
 
 
+def lag_estimate(
+    samples: list[tuple[float, float]], commanded_at_s: float, before_kw: float, after_kw: float
+) -> float | None:
+    """First-order time constant from the first sample after a command changed a site's total offset
+    from ``before_kw`` to ``after_kw``: the fraction f of the change delivered after dt gives
+    tau = -dt / ln(1 - f). ``samples``: (measured_at_s, delivered_kw) in time order. None when the
+    change is too small to read or no sample falls inside the first 3 s."""
+    change = after_kw - before_kw
+    if abs(change) < 1.0:
+        return None
+    for at_s, delivered in samples:
+        dt = at_s - commanded_at_s
+        if dt < 0.2:
+            continue
+        if dt > 3.0:
+            return None
+        fraction = (delivered - before_kw) / change
+        if fraction >= 0.98:
+            return min(dt / 4.0, 0.25)  # all there at the first look: fast
+        if fraction <= 0.02:
+            return 3.0  # nothing yet: slow (capped; a site that never moves is dropped as short)
+        return float(min(3.0, -dt / math.log(1.0 - fraction)))
+    return None
+
+
 def close(
     run: Run,
     record: StepRecord,
     readings: dict[str, SiteNow],
     end_s: float,
     cfg: ControlConfig,
+    responses: dict[str, float] | None = None,
+    previous: StepRecord | None = None,
 ) -> float:
     """Measure ``record``'s step at its end from each site's reading at or before ``end_s``; judge the
-    sites and update gains and the integral (closed loop). Returns the delivered kW of this activation."""
+    sites and update gains, lag estimates (``responses``: site -> time constant seen in this step) and
+    the integral (closed loop). Returns the delivered kW of this activation.
+
+    A site is judged against what a first-order response with its estimated lag has reached by the
+    reading, from its total in ``previous`` (the step before) to its total now: a slow site in a ramp is
+    neither dropped nor de-rated for its lag, which would make the next steps overshoot."""
+    for site_id, lag_s in (responses or {}).items():
+        site = run.sites.get(site_id)
+        if site is not None:
+            site.lag_s = lag_s if site.lag_s <= 0 else site.lag_s + cfg.gain_smoothing * (lag_s - site.lag_s)
     delivered = 0.0
-    residual_kw = 0.0  # commanded minus delivered by the sites still in: the error the integral may chase
+    residual_kw = 0.0  # expected minus delivered by the sites still in: the error the integral may chase
     for site_id, site in run.sites.items():
         reading = readings.get(site_id)
         own = record.offsets_kw.get(site_id, 0.0)
@@ -310,27 +349,35 @@ def close(
             part = 0.0
         site.delivered_kw = part
         delivered += part
-        if not cfg.closed_loop or site.dropped:
-            continue
-        residual_kw += own - part
-        if abs(total) < cfg.judge_min_kw:
+        if not cfg.closed_loop or site.dropped or abs(total) <= _EPS_KW:
             continue
         commanded_at_s = record.commanded_at_s.get(site_id, site.commanded_at_s)
-        if reading.measured_at_s < commanded_at_s + cfg.settle_s or reading.measured_at_s > end_s:
-            continue  # not settled yet: judged at a later step end
-        ratio = reading.delivered_kw / total
-        miss_kw = abs(total - reading.delivered_kw)
+        elapsed_s = reading.measured_at_s - commanded_at_s
+        expected = total
+        if commanded_at_s >= record.issued_at_s - 1e-6 and site.lag_s > 0 and previous is not None:
+            before = previous.totals_kw.get(site_id, 0.0)
+            expected = total - (total - before) * math.exp(-max(0.0, elapsed_s) / site.lag_s)
+        residual_kw += site.gain * expected * own / total - part
+        judge_kw = max(cfg.judge_min_kw, 0.1 * reading.rating_kw)
+        if abs(expected) < judge_kw or abs(total) < judge_kw:
+            continue
+        if elapsed_s < max(cfg.settle_s, 2.0 * site.lag_s) or reading.measured_at_s > end_s:
+            continue  # not settled enough to judge: judged at a later step end
+        ratio = reading.delivered_kw / expected
+        miss_kw = abs(expected - reading.delivered_kw)
         if ratio < 1.0 - cfg.shortfall_rel and miss_kw > cfg.shortfall_abs_kw:
             drop(site, f"short: delivered {reading.delivered_kw:.2f} of {total:.2f} kW", total)
-            residual_kw -= own - part  # explained: its share moves with the drop, not through the integral
+            residual_kw -= site.gain * expected * own / total - part  # explained: its share moves instead
             continue
+        # A small command says little about the gain (noise, the baseline's own moves): weigh by size.
+        weight = cfg.gain_smoothing * min(1.0, abs(expected) / max(0.25 * reading.rating_kw, judge_kw))
         observed = min(max(ratio, cfg.gain_min), cfg.gain_max)
-        site.gain += cfg.gain_smoothing * (observed - site.gain)
+        site.gain += weight * (observed - site.gain)
     record.delivered_kw = delivered
     record.closed = True
     if cfg.closed_loop:
-        # Only what the sites still in fell short of (or beyond) their commands is integrated: a dropped
-        # site's miss is handled by moving its share, and the unallocated part has nowhere to go.
+        # Only what the sites still in fell short of (or beyond) their expected delivery is integrated: a
+        # dropped site's miss is handled by moving its share, and the unallocated part has nowhere to go.
         cap = cfg.integral_cap_rel * run.max_abs_setpoint_kw
         run.integral_kw = min(cap, max(-cap, run.integral_kw + cfg.integral_gain * residual_kw))
     return delivered

@@ -312,6 +312,7 @@ class Dispatcher:
                     dropped=bool(site.dropped),
                     drop_reason=site.dropped,
                     delivered_kw=site.delivered_kw,
+                    lag_s=site.lag_s,
                 )
         return out
 
@@ -335,6 +336,7 @@ class Dispatcher:
                 site.commanded_at_s = issued_s
             site.offset_kw, site.gain, site.dropped = share.offset_kw, share.gain or 1.0, share.drop_reason
             site.delivered_kw = share.delivered_kw
+            site.lag_s = share.lag_s
             site.awaiting_ack = False
         for site_id, site in run.sites.items():
             if site_id not in listed:
@@ -437,6 +439,27 @@ class Dispatcher:
             if futures:
                 await self._producer.settle(futures)
 
+    def _responses(self, run: Run, record: StepRecord, end_s: float) -> dict[str, float]:
+        """Lag seen at each site whose total offset this step's command changed (the samples after it)."""
+        previous = run.history.get(record.step - 1)
+        if previous is None or not self.cfg.closed_loop:
+            return {}
+        out: dict[str, float] = {}
+        for site_id, total in record.totals_kw.items():
+            before = previous.totals_kw.get(site_id, 0.0)
+            commanded_at_s = record.commanded_at_s.get(site_id, 0.0)
+            if abs(total - before) < 1.0 or commanded_at_s < record.issued_at_s:
+                continue
+            samples = [
+                (r.measured_at_s, r.telemetry.baseline_grid_kw - r.telemetry.grid_power_kw)
+                for r in self.table.history(site_id)
+                if commanded_at_s <= r.measured_at_s <= end_s
+            ]
+            lag_s = control.lag_estimate(samples, commanded_at_s, before, total)
+            if lag_s is not None:
+                out[site_id] = lag_s
+        return out
+
     def _covered(self, record: StepRecord, end_s: float) -> bool:
         """Every site with an offset in the step has a sample from the step's last poll cycle or later."""
         horizon_s = end_s - self.settings.sample_period_s
@@ -454,13 +477,15 @@ class Dispatcher:
                 continue
             fresh = reading.telemetry.available and end_s - reading.measured_at_s <= self.settings.measure_window_s
             readings[site_id] = control.site_now(reading.telemetry, reading.measured_at_s, fresh, self.cfg)
-        before = run.dropped_count()
-        delivered = control.close(run, record, readings, end_s, self.cfg)
-        if run.dropped_count() > before:
-            REALLOCATIONS.inc(run.dropped_count() - before)
-            for site_id, site in run.sites.items():
-                if site.dropped.startswith("short"):
-                    log.warning("site_dropped", activation_id=run.activation_id, site_id=site_id, reason=site.dropped)
+        responses = self._responses(run, record, end_s)
+        before = {s for s, r in run.sites.items() if r.dropped}
+        delivered = control.close(
+            run, record, readings, end_s, self.cfg, responses, previous=run.history.get(record.step - 1)
+        )
+        for site_id, site in run.sites.items():
+            if site.dropped and site_id not in before:
+                REALLOCATIONS.inc()
+                log.warning("site_dropped", activation_id=run.activation_id, site_id=site_id, reason=site.dropped)
         acked = sum(1 for s in record.offsets_kw if not run.sites[s].awaiting_ack) if record.offsets_kw else 0
         sample = dispatch_pb2.TrackingSample(
             activation_id=run.activation_id,

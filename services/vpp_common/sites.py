@@ -68,6 +68,10 @@ class SiteTable:
                 return reading
         return None
 
+    def history(self, site_id: str) -> tuple[SiteReading, ...]:
+        """The site's last readings, oldest first."""
+        return tuple(self._history.get(site_id, ()))
+
     def readings(self) -> dict[str, SiteReading]:
         return self._latest
 

@@ -355,7 +355,7 @@ def tracking_run(workdir: Path, n_sites: int, compress: float, closed: bool, fai
     duration_s = 3600.0 / compress
     steps = int(duration_s / STEP_S)
     run_dir = workdir / f"tracking-{label}"
-    env = {"VPP_DISPATCH_CLOSED_LOOP": "true" if closed else "false"}
+    env = {"VPP_CLOSED_LOOP": "true" if closed else "false"}
     progress(f"== tracking ({label} loop): {n_sites} simulated sites, 1 h of aFRR signal x{compress:g} = {steps} steps")
     with dispatch_stack(run_dir, 1, env) as stack:
         blocks = max(1, math.ceil(n_sites / 500))
@@ -364,7 +364,14 @@ def tracking_run(workdir: Path, n_sites: int, compress: float, closed: bool, fai
         fail = ["--fail-share", str(fail_share), "--fail-after-s", str(warmup_s + 20),
                 "--fail-before-s", str(warmup_s + duration_s - 30)]  # fmt: skip
         fleets = [
-            start_fleet(stack, run_dir, per, f"t{b}", [*FLEET_DYNAMICS, *fail, "--seed", str(5 + b)], duration_s + 120)
+            start_fleet(
+                stack,
+                run_dir,
+                per,
+                f"t{b}",
+                [*FLEET_DYNAMICS, *fail, "--seed", str(5 + b), "--truth-file", str(run_dir / f"truth-t{b}.jsonl")],
+                duration_s + 120,
+            )
             for b in range(blocks)
         ]
         try:
@@ -378,13 +385,23 @@ def tracking_run(workdir: Path, n_sites: int, compress: float, closed: bool, fai
                 award.append(award_of(tap, 0.5))
                 return [award[0] * float(x) for x in afrr_signal(duration_s, STEP_S, seed=21, compress=compress)]
 
-            tap, _ = asyncio.run(run_activation(stack.bootstrap_servers, signal_for, warmup_s=12))
+            tap, issued = asyncio.run(run_activation(stack.bootstrap_servers, signal_for, warmup_s=12))
         finally:
             for f in fleets:
                 stop_fleet(f)
     samples = [
         tap.samples[k] for k in sorted(tap.samples) if tap.samples[k].delivered_kw == tap.samples[k].delivered_kw
     ]
+    truth = truth_series([run_dir / f"truth-t{b}.jsonl" for b in range(blocks)])
+    steps_out = []
+    truth_errors = []
+    for s in samples:
+        end_s = issued.get(s.step + 1, issued[s.step] + STEP_S)
+        true_kw = truth.get(int(end_s) - 1)  # the fleet's own delivery in the last whole second of the step
+        if true_kw is not None:
+            truth_errors.append(s.requested_kw - true_kw)
+        steps_out.append([s.step, issued[s.step], s.requested_kw, s.delivered_kw, true_kw, s.sites_dropped])
+    (run_dir / "steps.json").write_text(json.dumps({"award_kw": award[0], "steps": steps_out}))
     errors = np.array([s.error_kw for s in samples])
     delivered = np.array([s.delivered_kw for s in samples])
     summaries = [fleet_summary(run_dir, f"t{b}") for b in range(blocks)]
@@ -397,13 +414,68 @@ def tracking_run(workdir: Path, n_sites: int, compress: float, closed: bool, fai
         "max_pct": round(float(np.max(np.abs(errors))) / award[0] * 100, 3),
         "energy_mwh": round(float(np.sum(np.abs(delivered))) * STEP_S / 3.6e6, 4),
         "failed_sites": failures,
+        # The same against the simulator's ground truth (noise-free battery - baseline, every site,
+        # failed ones included): checks the platform's own meter measurement.
+        "truth_rmse_pct": round(float(np.sqrt(np.mean(np.square(truth_errors)))) / award[0] * 100, 3)
+        if truth_errors
+        else None,
         "sites_dropped": max((s.sites_dropped for s in samples), default=0),
     }
 
 
-def section_tracking(workdir: Path, n_sites: int, compress: float, fail_share: float) -> dict[str, Any]:
+def truth_series(paths: list[Path]) -> dict[int, float]:
+    """The fleets' true delivery per wall-clock second, summed over fleet processes."""
+    out: dict[int, float] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            point = json.loads(line)
+            second = int(point["t"])
+            out[second] = out.get(second, 0.0) + float(point["delivered_kw"])
+    return out
+
+
+def plot_tracking_runs(workdir: Path, png: Path) -> Path | None:
+    """Requested vs delivered, closed and open loop, and their errors in % of the award."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {}
+    for label in ("closed", "open"):
+        path = workdir / f"tracking-{label}" / "steps.json"
+        if path.exists():
+            runs[label] = json.loads(path.read_text())
+    if not runs:
+        return None
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    for label, run in runs.items():
+        steps = run["steps"]
+        t0 = steps[0][1]
+        ts = [(row[1] - t0) / 60 for row in steps]
+        if label == "closed":
+            ax1.step(ts, [row[2] for row in steps], where="post", color="black", lw=1, label="requested (aFRR signal)")
+        ax1.plot(ts, [row[3] for row in steps], lw=0.8, label=f"delivered, {label} loop", alpha=0.8)
+        ax2.plot(ts, [(row[2] - row[3]) / run["award_kw"] * 100 for row in steps], lw=0.8, label=f"{label} loop")
+    ax1.set_ylabel("portfolio kW vs baseline")
+    ax1.legend(loc="best", fontsize=8)
+    ax1.set_title("aFRR tracking, simulated fleet with 10 % of sites failing at random times")
+    ax2.set_ylabel("error, % of award")
+    ax2.set_xlabel("minutes (the 1 h signal time-compressed, see docs/dispatch-bench.md)")
+    ax2.axhline(0, color="grey", lw=0.5)
+    ax2.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def section_tracking(workdir: Path, n_sites: int, compress: float, fail_share: float, png: Path) -> dict[str, Any]:
     closed = tracking_run(workdir, n_sites, compress, True, fail_share)
     opened = tracking_run(workdir, n_sites, compress, False, fail_share)
+    plot_tracking_runs(workdir, png)
     return {
         "sites": n_sites,
         "failing_share": fail_share,
@@ -412,6 +484,8 @@ def section_tracking(workdir: Path, n_sites: int, compress: float, fail_share: f
         "award_kw": closed["award_kw"],
         "closed_loop_rmse_pct": closed["rmse_pct"],
         "closed_loop_max_pct": closed["max_pct"],
+        "closed_loop_truth_rmse_pct": closed["truth_rmse_pct"],
+        "open_loop_truth_rmse_pct": opened["truth_rmse_pct"],
         "open_loop_rmse_pct": opened["rmse_pct"],
         "open_loop_max_pct": opened["max_pct"],
         "rmse_ratio_open_to_closed": round(opened["rmse_pct"] / closed["rmse_pct"], 2) if closed["rmse_pct"] else None,
@@ -585,7 +659,9 @@ def main(argv: list[str] | None = None) -> None:
         elif section == "latency":
             result["latency"] = section_latency(work, args.latency_sites, args.latency_steps)
         elif section == "tracking":
-            result["tracking"] = section_tracking(work, args.tracking_sites, args.tracking_compress, args.fail_share)
+            result["tracking"] = section_tracking(
+                work, args.tracking_sites, args.tracking_compress, args.fail_share, out / "dispatch-tracking.png"
+            )
         elif section == "failover":
             kill_at = max(3, args.failover_steps // 2)
             result["failover"] = run_failover(work / "failover", args.failover_sites, args.failover_steps, kill_at)

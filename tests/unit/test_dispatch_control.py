@@ -53,9 +53,7 @@ def ack_all(run: Run, status: int = dispatch_pb2.ACK_STATUS_APPLIED) -> None:
 
 def measured(record: StepRecord, at_s: float, factor: dict[str, float] | None = None) -> dict[str, SiteNow]:
     """Readings at the step end: each site delivers factor x its total offset."""
-    return {
-        s: site(s, delivered_kw=t * (factor or {}).get(s, 1.0), at_s=at_s) for s, t in record.totals_kw.items()
-    }
+    return {s: site(s, delivered_kw=t * (factor or {}).get(s, 1.0), at_s=at_s) for s, t in record.totals_kw.items()}
 
 
 def test_site_reading_measures_delivery_at_the_meter_and_a_load_jump_cancels() -> None:
@@ -187,9 +185,7 @@ def test_concurrent_activations_never_exceed_a_site_in_sum() -> None:
 def test_no_site_is_ever_commanded_outside_its_range(
     spec: list[tuple[float, float, float, float, bool]], target_kw: float
 ) -> None:
-    sites = [
-        site(f"s{i}", rating_kw=r, baseline_kw=b, energy_kwh=e, fresh=f) for i, (r, b, e, _, f) in enumerate(spec)
-    ]
+    sites = [site(f"s{i}", rating_kw=r, baseline_kw=b, energy_kwh=e, fresh=f) for i, (r, b, e, _, f) in enumerate(spec)]
     others = {f"s{i}": o for i, (_, _, _, o, _) in enumerate(spec)}
     run = Run("act")
     decision = control.plan(run, sites, others, target_kw, 100.0, 4.0, CFG)
@@ -202,3 +198,33 @@ def test_no_site_is_ever_commanded_outside_its_range(
         hi = s.battery_max_kw - s.baseline_battery_kw - others[s.site_id]
         if lo <= hi:  # the site's own range still holds what the other activation has
             assert lo - 1e-6 <= offset <= hi + 1e-6
+
+
+@given(st.floats(0.3, 2.5), st.floats(-50, 50), st.floats(2, 40), st.floats(0.5, 1.5))
+def test_lag_estimate_recovers_a_first_order_response(
+    tau_s: float, before_kw: float, step_kw: float, dt_s: float
+) -> None:
+    import math
+
+    after_kw = before_kw + step_kw
+    samples = [(100.0 + dt_s + k, after_kw - step_kw * math.exp(-(dt_s + k) / tau_s)) for k in range(3)]
+    lag = control.lag_estimate(samples, 100.0, before_kw, after_kw)
+    assert lag is not None
+    if 1 - math.exp(-dt_s / tau_s) < 0.98:
+        assert lag == pytest.approx(tau_s, rel=1e-6)
+    else:
+        assert lag <= 0.25  # all there at the first sample: fast, whatever tau was
+
+
+def test_a_slow_site_is_judged_only_once_it_can_have_settled() -> None:
+    cfg = ControlConfig(deadband_kw=0.0)
+    run = Run("act")
+    sites = fleet(2)
+    decision = control.plan(run, sites, {}, 10.0, 100.0, 4.0, cfg)
+    offsets = {s: o for s, o in decision.offsets_kw.items() if abs(o) > 1e-9}
+    record = StepRecord(1, 10.0, 100.0, offsets, dict(offsets), 0.0, 1, False, {"s0": 100.0, "s1": 100.0})
+    # s0 is slow (tau 2 s) and has delivered 60 % of its command at the step end
+    readings = measured(record, 103.9, {"s0": 0.6})
+    control.close(run, record, readings, 104.0, cfg, responses={"s0": 2.0})
+    assert run.sites["s0"].lag_s == pytest.approx(2.0)
+    assert run.sites["s0"].dropped == ""  # 3 tau = 6 s after its command: not judged yet
