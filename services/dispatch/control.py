@@ -321,14 +321,16 @@ def close(
     cfg: ControlConfig,
     responses: dict[str, float] | None = None,
     previous: StepRecord | None = None,
+    starts: dict[str, float] | None = None,
 ) -> float:
     """Measure ``record``'s step at its end from each site's reading at or before ``end_s``; judge the
     sites and update gains, lag estimates (``responses``: site -> time constant seen in this step) and
     the integral (closed loop). Returns the delivered kW of this activation.
 
     A site is judged against what a first-order response with its estimated lag has reached by the
-    reading, from its total in ``previous`` (the step before) to its total now: a slow site in a ramp is
-    neither dropped nor de-rated for its lag, which would make the next steps overshoot."""
+    reading, from where it stood when the command left (``starts``: its delivery then; else its total
+    in ``previous``, the step before) to its total now: a slow site in a ramp is neither dropped nor
+    de-rated for its lag, which would make the next steps overshoot."""
     for site_id, lag_s in (responses or {}).items():
         site = run.sites.get(site_id)
         if site is not None:
@@ -355,7 +357,7 @@ def close(
         elapsed_s = reading.measured_at_s - commanded_at_s
         expected = total
         if commanded_at_s >= record.issued_at_s - 1e-6 and site.lag_s > 0 and previous is not None:
-            before = previous.totals_kw.get(site_id, 0.0)
+            before = (starts or {}).get(site_id, previous.totals_kw.get(site_id, 0.0))
             expected = total - (total - before) * math.exp(-max(0.0, elapsed_s) / site.lag_s)
         residual_kw += site.gain * expected * own / total - part
         judge_kw = max(cfg.judge_min_kw, 0.1 * reading.rating_kw)

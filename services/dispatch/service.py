@@ -439,26 +439,35 @@ class Dispatcher:
             if futures:
                 await self._producer.settle(futures)
 
-    def _responses(self, run: Run, record: StepRecord, end_s: float) -> dict[str, float]:
-        """Lag seen at each site whose total offset this step's command changed (the samples after it)."""
+    def _responses(self, run: Run, record: StepRecord, end_s: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Per site whose total offset this step's command changed: the lag seen in the samples after the
+        command, and what the site delivered when the command left (where its response started)."""
         previous = run.history.get(record.step - 1)
         if previous is None or not self.cfg.closed_loop:
-            return {}
+            return {}, {}
         out: dict[str, float] = {}
+        starts: dict[str, float] = {}
         for site_id, total in record.totals_kw.items():
             before = previous.totals_kw.get(site_id, 0.0)
             commanded_at_s = record.commanded_at_s.get(site_id, 0.0)
             if abs(total - before) < 1.0 or commanded_at_s < record.issued_at_s:
                 continue
+            history = self.table.history(site_id)
             samples = [
                 (r.measured_at_s, r.telemetry.baseline_grid_kw - r.telemetry.grid_power_kw)
-                for r in self.table.history(site_id)
+                for r in history
                 if commanded_at_s <= r.measured_at_s <= end_s
             ]
+            # Start from what the site delivered when the command left, not from its previous command:
+            # a site still catching up with the step before would otherwise look slower than it is.
+            earlier = [r for r in history if r.measured_at_s <= commanded_at_s]
+            if earlier:
+                before = earlier[-1].telemetry.baseline_grid_kw - earlier[-1].telemetry.grid_power_kw
+                starts[site_id] = before
             lag_s = control.lag_estimate(samples, commanded_at_s, before, total)
             if lag_s is not None:
                 out[site_id] = lag_s
-        return out
+        return out, starts
 
     def _covered(self, record: StepRecord, end_s: float) -> bool:
         """Every site with an offset in the step has a sample from the step's last poll cycle or later."""
@@ -477,10 +486,10 @@ class Dispatcher:
                 continue
             fresh = reading.telemetry.available and end_s - reading.measured_at_s <= self.settings.measure_window_s
             readings[site_id] = control.site_now(reading.telemetry, reading.measured_at_s, fresh, self.cfg)
-        responses = self._responses(run, record, end_s)
+        responses, starts = self._responses(run, record, end_s)
         before = {s for s, r in run.sites.items() if r.dropped}
         delivered = control.close(
-            run, record, readings, end_s, self.cfg, responses, previous=run.history.get(record.step - 1)
+            run, record, readings, end_s, self.cfg, responses, previous=run.history.get(record.step - 1), starts=starts
         )
         for site_id, site in run.sites.items():
             if site.dropped and site_id not in before:

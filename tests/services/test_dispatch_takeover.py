@@ -145,3 +145,30 @@ async def _deposed_stops() -> None:
     await a.on_activation(item(activation(1, 5.0)))
     assert not log_a.of(COMMANDS)
     assert LEASES.name  # the lease topic exists in the catalogue
+
+
+def test_two_activations_share_sites_and_never_exceed_them_in_sum() -> None:
+    asyncio.run(_two_activations())
+
+
+async def _two_activations() -> None:
+    log = Log()
+    d = Dispatcher(DispatchSettings(instance_id="a", site_partitions=4, deadband_kw=0.0), log)  # type: ignore[arg-type]
+    feed_sites([d], {f"s{i}": 0.0 for i in range(3)})  # each: baseline 2 kW, 10 kW inverter -> up 8 kW
+    await d.on_lease(item(d.lease.claim(time.monotonic())))
+    afrr = activation(1, 15.0)
+    mfrr = market_pb2.Activation(activation_id="mfrr-1", step=1, setpoint_kw=15.0, product="mFRR")
+    mfrr.issued_at.GetCurrentTime()
+    mfrr.valid_until.FromNanoseconds(time.time_ns() + 8_000_000_000)
+    await d.on_activation(item(afrr))
+    await d.on_activation(item(mfrr))
+    latest: dict[str, dispatch_pb2.DispatchCommand] = {}
+    for batch in log.of(COMMANDS):
+        for cmd in batch.commands:
+            latest[cmd.site_id] = cmd
+    assert sum(c.offset_kw for c in latest.values()) == pytest.approx(24.0)  # 8 kW up per site in all
+    for cmd in latest.values():
+        assert cmd.offset_kw <= 8.0 + 1e-6
+        assert cmd.offset_kw == pytest.approx(sum(s.offset_kw for s in cmd.shares))
+    runs = {r.activation_id: r for r in log.of(RUNS)}
+    assert runs["mfrr-1"].unallocated_kw == pytest.approx(6.0)  # the second activation gets what is left
