@@ -34,6 +34,7 @@ from vpp.v1 import dispatch_pb2, telemetry_pb2
 from dispatch.allocation import MIN_RANGE_KW, AllocationProblem, allocate, preferred_offsets
 
 _EPS_KW = 1e-9
+NO_ANSWER = "no answer"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class ControlConfig:
     wear_weight: float = 0.01
     churn_weight: float = 0.05
     deadband_kw: float = 0.05  # no new command for a smaller change
-    ack_timeout_s: float = 2.0  # a commanded site that has not acked by then is dropped
+    ack_timeout_s: float = 2.0  # a commanded site that has not acked by then is dropped ...
+    mass_silence_share: float = 0.2  # ... unless more than this share of the waiting sites are late at once
     settle_s: float = 2.0  # a site is judged on readings at least this long after its command
     judge_min_kw: float = 0.3  # smaller commands are not judged (noise)
     shortfall_rel: float = 0.3  # delivering less than (1 - this) of the command at a step end drops the site
@@ -130,6 +132,7 @@ class Decision:
     changed: set[str]  # sites whose total offset needs a new command
     unallocated_kw: float
     dropped: list[tuple[str, str]]
+    late_acks: int = 0  # sites past the ack timeout not dropped because too many were late at once
 
 
 @dataclass
@@ -175,6 +178,11 @@ def on_ack(run: Run, site_id: str, status: int, reason: str, total_kw: float, cf
     site.awaiting_ack = False
     if cfg.closed_loop and status in (dispatch_pb2.ACK_STATUS_REJECTED, dispatch_pb2.ACK_STATUS_EXPIRED):
         drop(site, f"nack: {dispatch_pb2.AckStatus.Name(status)} {reason}".strip(), total_kw)
+    elif site.dropped.startswith(NO_ANSWER) and status in (
+        dispatch_pb2.ACK_STATUS_APPLIED,
+        dispatch_pb2.ACK_STATUS_CLAMPED,
+    ):
+        site.dropped = ""  # it answers again (late, or after a reconnect): back in from the next step
 
 
 def plan(
@@ -188,21 +196,37 @@ def plan(
 ) -> Decision:
     """This step's offsets for ``run``; ``others_kw``: offsets other activations hold per site."""
     dropped: list[tuple[str, str]] = []
+    late_acks = 0
     if run.frozen is None and not cfg.closed_loop:
         run.frozen = {s.site_id for s in fleet if s.fresh}
     if cfg.closed_loop:
         fresh = {s.site_id for s in fleet if s.fresh}
+        silent: list[str] = []
+        waiting = 0
         for site_id, site in run.sites.items():
             if site.dropped:
                 continue
             total = site.offset_kw + others_kw.get(site_id, 0.0)
             if site_id not in fresh and abs(site.offset_kw) > _EPS_KW:
                 drop(site, "offline: no fresh telemetry", total)
-            elif site.awaiting_ack and now_s - site.commanded_at_s > cfg.ack_timeout_s:
-                drop(site, f"no answer: no ack within {cfg.ack_timeout_s:g} s", total)
-            else:
-                continue
-            dropped.append((site_id, site.dropped))
+                dropped.append((site_id, site.dropped))
+            elif site.awaiting_ack:
+                waiting += 1
+                if now_s - site.commanded_at_s > cfg.ack_timeout_s:
+                    silent.append(site_id)
+        # Many sites late at once is the platform's problem (a stalled broker, gateway or this process),
+        # not theirs: dropping them all would throw the fleet away for one hiccup.
+        if len(silent) <= max(3, cfg.mass_silence_share * waiting):
+            for site_id in silent:
+                site = run.sites[site_id]
+                drop(
+                    site,
+                    f"{NO_ANSWER}: no ack within {cfg.ack_timeout_s:g} s",
+                    site.offset_kw + others_kw.get(site_id, 0.0),
+                )
+                dropped.append((site_id, site.dropped))
+        else:
+            late_acks = len(silent)
     run.max_abs_setpoint_kw = max(run.max_abs_setpoint_kw, abs(target_kw))
 
     n = len(fleet)
@@ -285,7 +309,7 @@ def plan(
                 changed.add(site_id)
             site.offset_kw = 0.0
             out[site_id] = 0.0
-    return Decision(out, changed, unallocated_kw, dropped)
+    return Decision(out, changed, unallocated_kw, dropped, late_acks)
 
 
 def lag_estimate(

@@ -199,6 +199,13 @@ class Dispatcher:
             for site_id, reason in decision.dropped:
                 REALLOCATIONS.inc()
                 log.warning("site_dropped", activation_id=run.activation_id, site_id=site_id, reason=reason)
+            if decision.late_acks:
+                log.warning(
+                    "acks_late_fleet_wide",
+                    activation_id=run.activation_id,
+                    sites=decision.late_acks,
+                    hint="many sites past the ack timeout at once: not dropped; check gateway and broker lag",
+                )
             late = now_s - issued_s > self.settings.late_after_s
             run.step, run.setpoint_kw, run.finished = act.step, act.setpoint_kw, False
             totals = dict(others)

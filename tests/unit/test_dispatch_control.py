@@ -228,3 +228,17 @@ def test_a_slow_site_is_judged_only_once_it_can_have_settled() -> None:
     control.close(run, record, readings, 104.0, cfg, responses={"s0": 2.0})
     assert run.sites["s0"].lag_s == pytest.approx(2.0)
     assert run.sites["s0"].dropped == ""  # 3 tau = 6 s after its command: not judged yet
+
+
+def test_many_sites_late_at_once_are_not_dropped_and_a_late_ack_readmits() -> None:
+    run = Run("act")
+    sites = fleet(10)
+    step(run, sites, 40.0, 100.0)
+    decision, _ = step(run, sites, 40.0, 104.0)  # nobody acked: a stalled gateway, not ten broken sites
+    assert decision.dropped == [] and decision.late_acks == 10
+    ack_all(run)
+    run.sites["s0"].awaiting_ack = True  # one site really silent
+    decision, _ = step(run, sites, 40.0, 112.0)
+    assert [s for s, _ in decision.dropped] == ["s0"]
+    control.on_ack(run, "s0", dispatch_pb2.ACK_STATUS_APPLIED, "", 0.0, CFG)  # it answers after all
+    assert run.sites["s0"].dropped == ""
