@@ -48,6 +48,7 @@ class ControlConfig:
     churn_weight: float = 0.05
     deadband_kw: float = 0.05  # no new command for a smaller change
     ack_timeout_s: float = 2.0  # a commanded site that has not acked by then is dropped ...
+    silent_after_s: float = 6.0  # a site under an offset without a sample for this long has stopped answering
     mass_silence_share: float = 0.2  # ... unless more than this share of the waiting sites are late at once
     settle_s: float = 2.0  # a site is judged on readings at least this long after its command
     judge_min_kw: float = 0.3  # smaller commands are not judged (noise)
@@ -200,7 +201,9 @@ def plan(
     if run.frozen is None and not cfg.closed_loop:
         run.frozen = {s.site_id for s in fleet if s.fresh}
     if cfg.closed_loop:
-        fresh = {s.site_id for s in fleet if s.fresh}
+        # Under an offset an agent sends samples every 2 s: one quiet for silent_after_s has stopped
+        # answering, even when no new command (deadband) is waiting for its ack.
+        fresh = {s.site_id for s in fleet if s.fresh and now_s - s.measured_at_s <= cfg.silent_after_s}
         silent: list[str] = []
         waiting = 0
         for site_id, site in run.sites.items():
@@ -208,7 +211,7 @@ def plan(
                 continue
             total = site.offset_kw + others_kw.get(site_id, 0.0)
             if site_id not in fresh and abs(site.offset_kw) > _EPS_KW:
-                drop(site, "offline: no fresh telemetry", total)
+                drop(site, f"{NO_ANSWER}: no telemetry for {cfg.silent_after_s:g} s", total)
                 dropped.append((site_id, site.dropped))
             elif site.awaiting_ack:
                 waiting += 1
@@ -242,7 +245,8 @@ def plan(
     for i, s in enumerate(fleet):
         known = run.sites.get(s.site_id)
         if known is not None and known.dropped:
-            if s.fresh:  # a stuck or partial output still delivers: count it, place the rest elsewhere
+            if s.fresh and now_s - s.measured_at_s <= cfg.silent_after_s:
+                # a stuck or partial output still delivers (it still reports): count it, place the rest
                 fixed_kw += known.share_at_drop * s.delivered_kw
             continue
         if not s.fresh or (run.frozen is not None and s.site_id not in run.frozen):
@@ -332,7 +336,7 @@ def lag_estimate(
         if fraction >= 0.98:
             return min(dt / 4.0, 0.25)  # all there at the first look: fast
         if fraction <= 0.02:
-            return 3.0  # nothing yet: slow (capped; a site that never moves is dropped as short)
+            return None  # not moving at all is not a lag: the shortfall judgement deals with it
         return float(min(3.0, -dt / math.log(1.0 - fraction)))
     return None
 
@@ -387,7 +391,9 @@ def close(
         judge_kw = max(cfg.judge_min_kw, 0.1 * reading.rating_kw)
         if abs(expected) < judge_kw or abs(total) < judge_kw:
             continue
-        if elapsed_s < max(cfg.settle_s, 2.0 * site.lag_s) or reading.measured_at_s > end_s:
+        # Judged within its step whatever the lag estimate says (a step is 4 s): the expected value
+        # above already allows for the lag.
+        if elapsed_s < min(max(cfg.settle_s, 2.0 * site.lag_s), 3.5) or reading.measured_at_s > end_s:
             continue  # not settled enough to judge: judged at a later step end
         ratio = reading.delivered_kw / expected
         miss_kw = abs(expected - reading.delivered_kw)

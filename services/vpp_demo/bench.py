@@ -177,7 +177,7 @@ def main() -> None:
     results = {
         "raw_kafka_round_trip": summarise(kafka_rtt),
         "activation_to_modbus_write": summarise(act["total"]),
-        "  leg: market step -> dispatch command (active dispatcher: allocation, commands)": summarise(act["market_to_dispatch"]),
+        "  leg: market step -> dispatch command (active dispatcher)": summarise(act["market_to_dispatch"]),
         "  leg: dispatch command -> agent (Kafka, gateway, gRPC stream)": summarise(act["dispatch_to_agent"]),
         "  leg: agent receives -> Modbus write done": summarise(act["agent_write"]),
         "telemetry_read_to_kafka_consumer (includes the agent's batch wait)": summarise(tele),

@@ -521,6 +521,7 @@ def test_edge_agent_one_pod_recreate_tcp_probes(rendered: dict[str, list[Doc]], 
         "VPP_EDGE_MODBUS_UNIT_ID",
         "VPP_EDGE_METRICS_PORT",
         "VPP_EDGE_UPLINK_BATCH_INTERVAL_S",
+        "VPP_EDGE_UPLINK_DISPATCHED_BATCH_INTERVAL_S",
         "VPP_EDGE_UPLINK_ACK_MAX_DELAY_S",
         "VPP_EDGE_UPLINK_ACK_SPREAD_S",
         "VPP_EDGE_LOG_LEVEL",
@@ -558,6 +559,7 @@ def test_edge_agent_real_device(rendered: dict[str, list[Doc]]) -> None:
     # The agent's defaults (vpp_edge.settings): samples batched for 10 s, our ack_seq held at most 1.5 s,
     # a command ack within a random 0..1 s.
     assert env["VPP_EDGE_UPLINK_BATCH_INTERVAL_S"]["value"] == "10"
+    assert env["VPP_EDGE_UPLINK_DISPATCHED_BATCH_INTERVAL_S"]["value"] == "2"  # under dispatch (docs/dispatch.md)
     assert env["VPP_EDGE_UPLINK_ACK_MAX_DELAY_S"]["value"] == "1.5"
     assert float(env["VPP_EDGE_UPLINK_ACK_SPREAD_S"]["value"]) == 1.0
     assert [d["kind"] for d in docs] == ["Deployment"]

@@ -2,7 +2,7 @@
 
 200 simulated sites for ~30 s against a real stack (Tansu, gateway, aggregation, dispatch, market), a
 quarter of their streams cut once mid-run: every sample must be in Kafka exactly once under its own seq
-(no gap, no duplicate), aggregation must see every site online, and every step of an activation must
+(no gap, no duplicate), aggregation must see every site online, and an activation's commands must
 reach every site. The wire encoding the fleet uses for speed is checked against the generated classes,
 the Locust user against a short headless run, and ``make load-scale``'s report against made-up levels.
 """
@@ -582,10 +582,12 @@ def test_every_sample_lands_once_every_site_is_online_and_every_command_arrives(
     assert max(v for k, v in ack_ids.items() if k.startswith("fleet-t-")) == 1
     assert report["counters"]["acked"] == report["counters"]["generated"] == len(expected_samples)
 
-    # Both steps of the activation reached every site.
+    # The first step reached every site; the second repeats the setpoint, so dispatch re-commands only
+    # the sites whose offset moved by more than its deadband (none may be lost or foreign).
     lines = _stats(stats)
     received = {(site, step) for line in lines for site, act, step, *_ in line["cmds"] if act == activation}
-    assert received == {(site, step) for site in sites for step in (1, 2)}
+    assert {(site, 1) for site in sites} <= received
+    assert received <= {(site, step) for site in sites for step in (1, 2)}
     assert lines[-1]["final"] and lines[-1]["overdue"] == 0
 
 
