@@ -32,6 +32,8 @@ import numpy as np
 from vpp.v1 import dispatch_pb2, telemetry_pb2
 
 from dispatch.allocation import MIN_RANGE_KW, AllocationProblem, allocate, preferred_offsets
+from vpp_common.flexibility import allocate_proportional, battery_flexibility
+from vpp_common.sites import battery_state
 
 _EPS_KW = 1e-9
 NO_ANSWER = "no answer"
@@ -77,25 +79,26 @@ class SiteNow:
     measured_at_s: float
 
 
+def meter_delivery_kw(t: telemetry_pb2.Telemetry) -> float:
+    """What the grid sees the site deliver: its counterfactual meter reading minus the real one."""
+    return t.baseline_grid_kw - t.grid_power_kw
+
+
 def site_now(t: telemetry_pb2.Telemetry, measured_at_s: float, fresh: bool, cfg: ControlConfig) -> SiteNow:
-    """What control needs from one reading: energy-limited battery range, baseline, meter delivery."""
+    """What control needs from one reading: energy-limited battery range (the flexibility maths
+    aggregation offers with), baseline, meter delivery."""
     usable = fresh and t.available and t.battery_capacity_kwh > 0
-    soc = min(max(t.soc_pct, 0.0), 100.0)
-    e_up = max(0.0, (soc - t.soc_min_pct) / 100.0 * t.battery_capacity_kwh) * cfg.efficiency if usable else 0.0
-    e_down = max(0.0, (t.soc_max_pct - soc) / 100.0 * t.battery_capacity_kwh) / cfg.efficiency if usable else 0.0
-    h = max(cfg.energy_horizon_h, 1e-6)
-    hi = min(max(0.0, t.max_discharge_kw), e_up / h) if usable else 0.0
-    lo = -min(max(0.0, t.max_charge_kw), e_down / h) if usable else 0.0
+    flex = battery_flexibility(battery_state(t, usable), cfg.energy_horizon_h, cfg.efficiency)
     return SiteNow(
         site_id=t.site_id,
         fresh=usable,
         baseline_battery_kw=t.baseline_battery_kw,
-        battery_min_kw=lo,
-        battery_max_kw=hi,
-        energy_up_kwh=e_up,
-        energy_down_kwh=e_down,
+        battery_min_kw=-flex.max_down_abs_kw,
+        battery_max_kw=flex.max_up_abs_kw,
+        energy_up_kwh=flex.energy_up_kwh,
+        energy_down_kwh=flex.energy_down_kwh,
         rating_kw=max(t.max_charge_kw, t.max_discharge_kw, 0.0),
-        delivered_kw=t.baseline_grid_kw - t.grid_power_kw,
+        delivered_kw=meter_delivery_kw(t),
         measured_at_s=measured_at_s,
     )
 
@@ -123,7 +126,6 @@ class StepRecord:
     epoch: int
     late: bool
     commanded_at_s: dict[str, float] = field(default_factory=dict)  # when each site's command in force was sent
-    delivered_kw: float | None = None
     closed: bool = False
 
 
@@ -288,12 +290,10 @@ def plan(
         offsets[idx] = result.offsets_kw / g
         unallocated_kw = result.shortfall_kw
     else:
-        caps = np.maximum(hi[idx], 0.0) if target_kw >= 0 else np.maximum(-lo[idx], 0.0)
-        total = float(caps.sum())
-        served = min(abs(target_kw), total)
-        if total > 0:
-            offsets[idx] = math.copysign(1.0, target_kw) * caps * (served / total)
-        unallocated_kw = math.copysign(abs(target_kw) - served, target_kw)
+        caps = hi[idx] if target_kw >= 0 else -lo[idx]
+        pro_rata = allocate_proportional(target_kw, dict(enumerate(caps.tolist())))
+        offsets[idx] = [pro_rata.per_site_kw[j] for j in range(len(idx))]
+        unallocated_kw = pro_rata.unallocated_kw
 
     out: dict[str, float] = {}
     changed: set[str] = set()
@@ -405,7 +405,6 @@ def close(
         weight = cfg.gain_smoothing * min(1.0, abs(expected) / max(0.25 * reading.rating_kw, judge_kw))
         observed = min(max(ratio, cfg.gain_min), cfg.gain_max)
         site.gain += weight * (observed - site.gain)
-    record.delivered_kw = delivered
     record.closed = True
     if cfg.closed_loop:
         # Only what the sites still in fell short of (or beyond) their expected delivery is integrated: a

@@ -142,7 +142,7 @@ class Dispatcher:
         run = self.runs.get(sample.activation_id)
         record = run.history.get(sample.step) if run is not None else None
         if record is not None and not record.closed:  # measured by the holder: a takeover does not redo it
-            record.closed, record.delivered_kw = True, sample.delivered_kw
+            record.closed = True
 
     async def on_activation(self, item: Consumed) -> None:
         act = item.env.activation
@@ -461,7 +461,7 @@ class Dispatcher:
                 continue
             history = self.table.history(site_id)
             samples = [
-                (r.measured_at_s, r.telemetry.baseline_grid_kw - r.telemetry.grid_power_kw)
+                (r.measured_at_s, control.meter_delivery_kw(r.telemetry))
                 for r in history
                 if commanded_at_s <= r.measured_at_s <= end_s
             ]
@@ -469,7 +469,7 @@ class Dispatcher:
             # a site still catching up with the step before would otherwise look slower than it is.
             earlier = [r for r in history if r.measured_at_s <= commanded_at_s]
             if earlier:
-                before = earlier[-1].telemetry.baseline_grid_kw - earlier[-1].telemetry.grid_power_kw
+                before = control.meter_delivery_kw(earlier[-1].telemetry)
                 starts[site_id] = before
             lag_s = control.lag_estimate(samples, commanded_at_s, before, total)
             if lag_s is not None:

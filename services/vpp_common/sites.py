@@ -1,6 +1,7 @@
-"""Latest telemetry per site of one partition: the live site state dispatch allocates from.
+"""Latest telemetry per site (dispatch keeps every site's, each replica its own table): the live site
+state dispatch allocates from and measures steps with.
 
-Lives on the event loop of the replica that owns the partition; no locks.
+Lives on the replica's event loop; no locks.
 """
 
 from __future__ import annotations
@@ -85,5 +86,3 @@ class SiteTable:
         now_s = time.time() if now_s is None else now_s
         return reading.telemetry.available and now_s - reading.measured_at_s <= self.stale_after_s
 
-    def battery_state(self, reading: SiteReading, now_s: float | None = None) -> BatteryState:
-        return battery_state(reading.telemetry, self.is_online(reading, now_s))

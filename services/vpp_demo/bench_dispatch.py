@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from vpp.v1 import dispatch_pb2, market_pb2
 
 from vpp_common.kafka import Consumed, ConsumerSpec, EventConsumer, EventProducer, ensure_topics
@@ -190,26 +188,6 @@ def raw_round_trip_ms(bootstrap: str, stop: threading.Event, out: list[float], f
 
 
 # -- helpers on processes ------------------------------------------------------------------------------
-
-
-def metric(url: str, name: str) -> float:
-    try:
-        body = urllib.request.urlopen(url, timeout=3).read().decode()
-    except OSError:
-        return float("nan")
-    total = 0.0
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name:
-                total += sample.value
-    return total
-
-
-def leader(stack: Stack) -> str | None:
-    for name, url in stack.metrics_urls().items():
-        if name.startswith("dispatch") and metric(url, "vpp_dispatch_leader") == 1:
-            return name
-    return None
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> None:
@@ -375,9 +353,10 @@ def tracking_run(workdir: Path, n_sites: int, compress: float, closed: bool, fai
             for b in range(blocks)
         ]
         try:
-            url = stack.metrics_urls()["dispatch"]
             wait_for(
-                f"{n_sites} sites at dispatch", lambda: metric(url, "vpp_dispatch_sites_known") >= blocks * per, 90
+                f"{n_sites} sites at dispatch",
+                lambda: stack.metric("dispatch", "vpp_dispatch_sites_known") >= blocks * per,
+                90,
             )
             award: list[float] = []
 
@@ -504,17 +483,16 @@ def run_failover(workdir: Path, n_sites: int, steps: int, kill_at_step: int) -> 
         )
         killed: list[tuple[str, float]] = []
         try:
-            urls = [stack.metrics_urls()[f"dispatch-{i}"] for i in range(2)]
             wait_for(
                 "sites at both dispatch replicas",
-                lambda: all(metric(u, "vpp_dispatch_sites_known") >= n_sites for u in urls),
+                lambda: all(stack.metric(f"dispatch-{i}", "vpp_dispatch_sites_known") >= n_sites for i in range(2)),
                 90,
             )
-            wait_for("a dispatch leader", lambda: leader(stack) is not None, 30)
+            wait_for("a dispatch leader", lambda: stack.dispatch_leader() is not None, 30)
 
             def kill(k: int) -> None:
                 if k == kill_at_step:
-                    name = leader(stack)
+                    name = stack.dispatch_leader()
                     assert name is not None
                     os.kill(stack.proc(name).popen.pid, signal.SIGKILL)
                     killed.append((name, time.time()))
@@ -529,7 +507,7 @@ def run_failover(workdir: Path, n_sites: int, steps: int, kill_at_step: int) -> 
                 return [award[0] * float(x) for x in shape]
 
             tap, _ = asyncio.run(run_activation(stack.bootstrap_servers, signal_for, on_step=kill))
-            new_leader = leader(stack)
+            new_leader = stack.dispatch_leader()
         finally:
             stop_fleet(fleet)
     summary = fleet_summary(workdir, "f0")

@@ -213,17 +213,12 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
 
 
 def _kill_active_dispatcher(stack: Stack) -> str:
-    """SIGKILL the replica holding the dispatch lease (read from its metrics)."""
-    from urllib.request import urlopen
-
-    for name, url in stack.metrics_urls().items():
-        if not name.startswith("dispatch"):
-            continue
-        with urlopen(url, timeout=3) as resp:
-            if "vpp_dispatch_leader 1.0" in resp.read().decode():
-                os.kill(stack.proc(name).popen.pid, signal.SIGKILL)
-                return name
-    raise RuntimeError("no dispatch replica holds the lease: see out/demo/run/logs/dispatch-*.log")
+    """SIGKILL the replica holding the dispatch lease."""
+    name = stack.dispatch_leader()
+    if name is None:
+        raise RuntimeError("no dispatch replica holds the lease: see out/demo/run/logs/dispatch-*.log")
+    os.kill(stack.proc(name).popen.pid, signal.SIGKILL)
+    return name
 
 
 def _tracking(stack: Stack, activation_id: str) -> dispatch_api_pb2.GetActivationTrackingResponse | None:

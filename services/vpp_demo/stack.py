@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,26 @@ class Stack:
         }
         urls.update({f"edge-agent/{s}": f"http://127.0.0.1:{p.metrics}/metrics" for s, p in self.site_ports.items()})
         return urls
+
+    def metric(self, process: str, name: str) -> float:
+        """One metric of one process (``dispatch-0``, ``edge-agent/home-01`` ...), summed over its labels;
+        NaN when the process does not answer."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(self.metrics_urls()[process], timeout=3) as resp:
+                body = resp.read().decode()
+        except OSError:
+            return float("nan")
+        return sum(s.value for f in text_string_to_metric_families(body) for s in f.samples if s.name == name)
+
+    def dispatch_leader(self) -> str | None:
+        """The dispatch replica holding the lease (the one that acts), from its metrics."""
+        for i in range(self.replica_count("dispatch")):
+            name = self.replica_name("dispatch", i)
+            if self.metric(name, "vpp_dispatch_leader") == 1:
+                return name
+        return None
 
     # -- internals ----------------------------------------------------------------------------
     def _base_env(self) -> dict[str, str]:
