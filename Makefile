@@ -71,8 +71,10 @@ bench: protos
 bench-dispatch: protos
 	@$(PY) -m vpp_demo.bench_dispatch $(ARGS)
 
+# Forecast backtests on real data (two splits), then the scores of this model configuration for ListModels.
 bench-forecast: protos
 	@$(PY) -m forecasting.backtest.cli $(ARGS)
+	@$(PY) -m forecasting.backtest_scores --results out/backtest/results.json
 
 load: protos
 	@$(PY) -m vpp_demo.load

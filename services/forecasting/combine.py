@@ -38,16 +38,13 @@ def correlation_matrix(
 ) -> np.ndarray:
     """Error correlation between marginals: same-group pairs across sites get ``pv_pv``/``load_load``,
     PV and load of the same site get ``pv_load``, PV and load of different sites are independent."""
-    n = len(groups)
-    corr = np.eye(n)
-    for i in range(n):
-        for j in range(i + 1, n):
-            if groups[i] == groups[j]:
-                rho = pv_pv if groups[i] == "pv" else load_load
-            else:
-                rho = pv_load if sites[i] == sites[j] else 0.0
-            corr[i, j] = corr[j, i] = rho
-    return _nearest_psd(corr)
+    g = np.asarray(groups)
+    o = np.asarray(sites)
+    same_group = g[:, None] == g[None, :]
+    pv_row = (g == "pv")[:, None]
+    corr = np.where(same_group, np.where(pv_row, pv_pv, load_load), np.where(o[:, None] == o[None, :], pv_load, 0.0))
+    np.fill_diagonal(corr, 1.0)
+    return corr  # ``combine`` repairs it if the chosen mix is not positive definite
 
 
 def _nearest_psd(corr: np.ndarray) -> np.ndarray:
@@ -77,7 +74,10 @@ def combine(
         raise ValueError("nothing to combine")
     index = marginals[0].quantiles.index
     rng = np.random.default_rng(seed)
-    chol = np.linalg.cholesky(corr)
+    try:
+        chol = np.linalg.cholesky(corr)
+    except np.linalg.LinAlgError:  # a user-chosen mix that is not positive definite
+        chol = np.linalg.cholesky(_nearest_psd(corr))
     z = rng.standard_normal((n_samples, len(marginals))) @ chol.T
     u = ndtr(z)  # (samples, marginals) uniforms with the wanted dependence
     total = np.zeros((len(index), n_samples))
@@ -88,8 +88,10 @@ def combine(
         order = np.argsort(levels)
         levels = levels[order]
         values = np.sort(m.quantiles.to_numpy(dtype=float)[:, order], axis=1)  # repair any crossing
-        for row in range(len(index)):
-            total[row] += m.weight * np.interp(u[:, k], levels, values[row])
+        # np.interp for every slot at once (the same uniforms serve every slot): flat beyond the ends.
+        at = np.clip(np.searchsorted(levels, u[:, k], side="right") - 1, 0, len(levels) - 2)
+        w = np.clip((u[:, k] - levels[at]) / (levels[at + 1] - levels[at]), 0.0, 1.0)
+        total += m.weight * (values[:, at] * (1.0 - w) + values[:, at + 1] * w)
     out = np.quantile(total, np.asarray(quantiles, dtype=float), axis=1).T
     if lower_kw is not None:
         out = np.maximum(out, lower_kw)

@@ -48,10 +48,10 @@ class LiveError:
                 if value is None or not math.isfinite(float(value)):
                     continue  # never measured: nothing to score
                 err = abs(p50 - float(value))
-                m.LIVE_ABS_ERROR_KW.labels(STREAM_LABEL[stream]).observe(err)
+                m.record(m.LIVE_ABS_ERROR_KW, (STREAM_LABEL[stream],), "observe", err)
                 self._recent[stream].append((now_s, err))
         for stream, recent in self._recent.items():
             while recent and recent[0][0] < now_s - LIVE_ERROR_WINDOW_S:
                 recent.popleft()
             if recent:
-                m.LIVE_MAE_KW.labels(STREAM_LABEL[stream]).set(float(np.mean([e for _, e in recent])))
+                m.record(m.LIVE_MAE_KW, (STREAM_LABEL[stream],), "set", float(np.mean([e for _, e in recent])))

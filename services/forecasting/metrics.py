@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# Updates made in the model process (forecasting.model_worker) are recorded here and applied by the
+# service process, the one whose /metrics Prometheus scrapes. None: apply at once (this is that process).
+_deferred: list[tuple[str, tuple[str, ...], str, float]] | None = None
 
 TRAINING_SECONDS = Histogram(
     "vpp_forecasting_training_seconds",
     "Time to fit and validate the candidate models of one site stream",
     ["stream"],
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0),
+)
+TRAINING_CPU_SECONDS = Counter(
+    "vpp_forecasting_training_cpu_seconds_total",
+    "CPU seconds spent fitting and validating models (in the training workers)",
+    ["stream"],
 )
 FORECAST_AGE_SECONDS = Gauge(
     "vpp_forecasting_forecast_age_seconds",
@@ -40,3 +51,41 @@ REFRESH_SECONDS = Histogram(
     "Time to recompute every site's and the portfolio's forecasts",
     buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
+CACHED_SITES = Gauge("vpp_forecasting_cached_sites", "Sites whose forecasts of the latest issue cycle are kept")
+FALLBACK_STREAMS = Gauge(
+    "vpp_forecasting_fallback_streams",
+    "Site streams (PV, load) served by their fallback: not fit yet, or the candidate lost its validation",
+)
+
+
+def record(metric: Any, labels: tuple[str, ...], op: str, value: float) -> None:
+    """``metric.labels(*labels).<op>(value)`` here, or later in the service process if this is the model process."""
+    if _deferred is not None:
+        _deferred.append((metric._name, labels, op, value))
+        return
+    target = metric.labels(*labels) if labels else metric
+    getattr(target, op)(value)
+
+
+def defer() -> None:
+    """Called once in the model process: record updates for the service process instead of applying them."""
+    global _deferred
+    _deferred = []
+
+
+def drain() -> list[tuple[str, tuple[str, ...], str, float]]:
+    global _deferred
+    if _deferred is None:
+        return []
+    out, _deferred = _deferred, []
+    return out
+
+
+def apply(events: list[tuple[str, tuple[str, ...], str, float]]) -> None:
+    """The model process's updates, applied here (the service process)."""
+    by_name = {metric._name: metric for metric in (LIVE_ABS_ERROR_KW, LIVE_MAE_KW, REFRESH_SECONDS)}
+    for name, labels, op, value in events:
+        metric = by_name.get(name)
+        if metric is not None:
+            target = metric.labels(*labels) if labels else metric
+            getattr(target, op)(value)

@@ -1,8 +1,10 @@
-"""The refresh schedule: every ``refresh_interval_s`` (or on demand) recompute every site's and the
-portfolio's forecasts on the model thread, publish them to ``vpp.forecasts.v1``, prune old dedupe ids.
+"""The issue cycle: every ``refresh_interval_s`` (or on demand) every site's and the portfolio's forecasts
+are computed on the model thread (models updated with the latest measurements, never fit here), kept in
+the ``ForecastCache`` that requests read (each site's as soon as it is done) and published to
+``vpp.forecasts.v1``; old dedupe ids are pruned.
 
 Runs as a ``ServiceApp`` task on the event loop; the blocking parts go to their owners' threads (model
-work to ``ModelThread``, store writes to the store-writer thread). A failed refresh (database down, a
+work to ``ModelWorker``, store writes to the store-writer thread). A failed refresh (database down, a
 produce timing out) is logged and retried at the next interval: the forecasts are republished anyway.
 """
 
@@ -19,8 +21,10 @@ from typing import Any
 from vpp.v1 import forecast_pb2
 
 from forecasting import metrics as m
-from forecasting.core import ModelThread
-from forecasting.mapping import STREAM_LABEL
+from forecasting.core import DEFAULT_QUANTILES, MAX_HORIZON_MIN, CachedForecast, first_slot
+from forecasting.forecast_cache import ForecastCache
+from forecasting.mapping import STREAM_LABEL, forecast_from_cache
+from forecasting.model_worker import ModelWorker
 from forecasting.seed import seed_missing
 from forecasting.settings import ForecastingSettings
 from forecasting.store import HistoryStore
@@ -43,17 +47,20 @@ class Scheduler:
     def __init__(
         self,
         settings: ForecastingSettings,
-        models: ModelThread,
+        models: ModelWorker,
         store: HistoryStore,
         writer: Executor,
         producer: EventProducer,
+        cache: ForecastCache,
     ) -> None:
         self.settings = settings
+        self.cache = cache
         self.models = models
         self.store = store
         self.writer = writer
         self.producer = producer
         self._wake = asyncio.Event()
+        self.seeded = asyncio.Event()  # the trainer starts once the demo seed (if any) is written
         self.refreshes = 0
 
     def request_refresh(self) -> None:
@@ -65,10 +72,12 @@ class Scheduler:
         settings = self.settings
         if settings.seed_days_if_empty > 0:
             await self._seed()
+        self.seeded.set()
         while True:
             try:
-                forecasts = await self.models.refresh()
-                await self._publish(forecasts)
+                cached = await self.models.refresh(on_site=self.cache.put)
+                self.cache.put(cached)
+                await self._publish([self.published(entry) for entry in cached])
                 await loop.run_in_executor(self.writer, self.store.prune_seen, time.time() - settings.dedupe_window_s)
             except Exception:  # one bad refresh (e.g. database down) must not end the schedule
                 log.exception("refresh_failed")
@@ -87,6 +96,16 @@ class Scheduler:
             log.info("history_seeded", sites=",".join(seeded) or "none", days=days)
         except Exception:  # no data files: forecast from what is measured instead
             log.exception("history_seed_failed")
+
+    @staticmethod
+    def published(entry: CachedForecast) -> forecast_pb2.Forecast:
+        """What goes on the topic: the full horizon from the issue, at P10/P50/P90."""
+        start = first_slot(entry.issued_at)
+        # The bytes the model owner encoded: building 3,000 forecasts field by field blocked this loop for
+        # seconds at the end of a 1,000-site cycle (seen: a 30 s GetForecast deadline missed).
+        return forecast_from_cache(
+            entry, int(start.value), MAX_HORIZON_MIN // 15, DEFAULT_QUANTILES, entry.default_points or None
+        )
 
     async def _publish(self, forecasts: Sequence[forecast_pb2.Forecast]) -> None:
         """Send them all at once, then count each as the broker acknowledges it."""

@@ -18,15 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecasting import metrics as m
 from forecasting.mapping import PV, STREAM_LABEL
-from forecasting.settings import ForecastingSettings
+from forecasting.models.spec import ModelSpec, load_candidate, load_fallback, pv_candidate, pv_fallback
 from forecasting.sites import SiteConfig
 from vpp_common.logs import get_logger
 
 log = get_logger(__name__)
 
-CandidateFactory = Callable[[SiteConfig, int, ForecastingSettings], list[Any]]
+CandidateFactory = Callable[[SiteConfig, int, ModelSpec], list[Any]]
 
 
 class NoHistory(RuntimeError):
@@ -53,6 +52,9 @@ class ModelSummary:
     trained_at: datetime
     scores: tuple[tuple[str, CandidateScore], ...]  # every candidate's validation, in the rule's order
     fallback_name: str
+    # Why the fallback serves ("" when the candidate does): no fit yet, or it lost the validation.
+    fallback_reason: str = ""
+    fit_cpu_s: float = 0.0  # CPU time of the fit and validation that chose this model
 
 
 @dataclass
@@ -125,31 +127,40 @@ class Recorder:
         return CandidateScore(pinball_kw, mae, coverage)
 
 
-def default_candidates(site: SiteConfig, stream: int, settings: ForecastingSettings) -> list[Any]:
-    """Candidates per stream; the one marked ``is_fallback`` is served unless another beats it."""
-    from forecasting.models.load import LoadForecaster
-    from forecasting.models.pv import PvForecaster, PvSite
-    from forecasting.models.seasonal_naive import SeasonalNaiveForecaster
+def default_candidates(site: SiteConfig, stream: int, spec: ModelSpec) -> list[Any]:
+    """The backtested candidate and its fallback, built by the spec's factories (the backtest's own)."""
+    from forecasting.models.site import PvSite
 
     if stream == PV:
-        pv = PvForecaster(
-            PvSite(**site.pv.model_dump()), n_estimators=settings.pv_n_estimators, num_threads=settings.model_threads
-        )
-        # Yesterday's PV is a fairer baseline than last week's: cloudiness persists for days, not weeks.
-        return [pv, SeasonalNaiveForecaster(season_days=1)]
-    return [
-        LoadForecaster(
-            timezone=site.pv.timezone, n_estimators=settings.load_n_estimators, num_threads=settings.model_threads
-        ),
-        SeasonalNaiveForecaster(),
-    ]
+        return [pv_candidate(spec, PvSite(**site.pv.model_dump())), pv_fallback(spec)]
+    return [load_candidate(spec, site.pv.timezone), load_fallback(spec)]
 
 
-def choose(candidates: list[Any], history: pd.Series, settings: ForecastingSettings, timezone: str) -> Any:
+def fallback_model(
+    site: SiteConfig, stream: int, spec: ModelSpec, history: pd.Series, now: pd.Timestamp
+) -> ServedModel:
+    """The fallback alone, fit at once (milliseconds): what serves a site stream until its fit is done."""
+    if not history.notna().any():
+        raise NoHistory(f"site {site.site_id!r} has no {STREAM_LABEL[stream]} measurements yet")
+    model = pv_fallback(spec) if stream == PV else load_fallback(spec)
+    model.fit(history)
+    summary = ModelSummary(
+        site_id=site.site_id,
+        stream=stream,
+        served=str(model.name),
+        trained_at=now.to_pydatetime(),
+        scores=(),
+        fallback_name=str(model.name),
+        fallback_reason="model not fit yet (training in the background)",
+    )
+    return ServedModel(model=model, summary=summary)
+
+
+def choose(candidates: list[Any], history: pd.Series, spec: ModelSpec, timezone: str) -> Any:
     """The models package's selection rule (kept behind one call so its signature is adapted in one place)."""
     from forecasting.models.validation import choose_served_model
 
-    return choose_served_model(candidates, history, validation_days=settings.validation_days, timezone=timezone)
+    return choose_served_model(candidates, history, validation_days=spec.validation_days, timezone=timezone)
 
 
 def select_model(
@@ -157,7 +168,7 @@ def select_model(
     stream: int,
     history: pd.Series,
     now: pd.Timestamp,
-    settings: ForecastingSettings,
+    spec: ModelSpec,
     candidates: CandidateFactory = default_candidates,
 ) -> ServedModel:
     """Fit every candidate, validate them day-ahead on the latest days and return the one to serve.
@@ -165,11 +176,12 @@ def select_model(
     Blocking and CPU-heavy (seconds to minutes): run it on the model thread, never on the event loop."""
     if not history.notna().any():
         raise NoHistory(f"site {site.site_id!r} has no {STREAM_LABEL[stream]} measurements yet")
-    pool = candidates(site, stream, settings)
+    pool = candidates(site, stream, spec)
     fallback = next((c for c in pool if getattr(c, "is_fallback", False)), pool[-1])
     started = time.perf_counter()
+    cpu_started = time.process_time()
     recorders = {r.name: r for r in map(Recorder, pool)}
-    chosen, pinball = choose(list(recorders.values()), history, settings, site.pv.timezone)
+    chosen, pinball = choose(list(recorders.values()), history, spec, site.pv.timezone)
     model = chosen.inner if isinstance(chosen, Recorder) else chosen
     scores: list[tuple[str, CandidateScore]] = []
     for name, value in pinball.items():
@@ -177,7 +189,7 @@ def select_model(
         no_record = CandidateScore(float(value), math.nan, math.nan)  # a baseline the rule added itself
         scores.append((str(name), recorder.score(float(value), history) if recorder else no_record))
     elapsed_s = time.perf_counter() - started
-    m.TRAINING_SECONDS.labels(STREAM_LABEL[stream]).observe(elapsed_s)
+    cpu_s = time.process_time() - cpu_started
     log.info(
         "model_trained",
         site_id=site.site_id,
@@ -186,7 +198,19 @@ def select_model(
         pinball_kw=",".join(f"{k}:{v.pinball_kw:.4f}" for k, v in scores),
         history_slots=int(history.notna().sum()),
         seconds=round(elapsed_s, 2),
+        cpu_seconds=round(cpu_s, 2),
     )
+    reason = ""
+    if model is fallback:
+        by_name = dict(scores)
+        fb = by_name.get(str(fallback.name))
+        cand = next((v for k, v in scores if k != str(fallback.name)), None)
+        reason = (
+            f"candidate not better than the fallback on the latest {spec.validation_days} days "
+            f"(pinball {cand.pinball_kw:.4f} vs {fb.pinball_kw:.4f} kW)"
+            if cand is not None and fb is not None
+            else "the candidate could not be validated"
+        )
     summary = ModelSummary(
         site_id=site.site_id,
         stream=stream,
@@ -194,5 +218,7 @@ def select_model(
         trained_at=now.to_pydatetime(),
         scores=tuple(scores),
         fallback_name=str(fallback.name),
+        fallback_reason=reason,
+        fit_cpu_s=cpu_s,
     )
     return ServedModel(model=model, summary=summary)

@@ -1,7 +1,7 @@
-"""``vpp.v1.ForecastingService`` over grpc.aio: validate with pydantic, compute on the model thread.
+"""``vpp.v1.ForecastingService`` over grpc.aio: validate with pydantic, answer from the forecast cache.
 
-``GetForecast`` queues on the model thread (``forecasting.core.ModelThread``) behind whatever model work
-is running there, at most one site of a scheduled refresh; ``ListModels`` answers from the loop at once.
+Both methods answer on the event loop from immutable snapshots (the latest issue cycle's forecasts, the
+latest model summaries): no model, store or fit is ever on a request's path.
 """
 
 from __future__ import annotations
@@ -12,14 +12,19 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
 
-from forecasting.core import DEFAULT_QUANTILES, MAX_HORIZON_MIN, ModelThread
-from forecasting.selection import NoHistory
+from forecasting.backtest_scores import BacktestScores
+from forecasting.core import DEFAULT_QUANTILES, MAX_HORIZON_MIN
+from forecasting.forecast_cache import ForecastCache
+from forecasting.mapping import STREAM_LABEL, forecast_from_cache, model_infos
+from forecasting.model_worker import ModelWorker
+from forecasting.store import SLOT
 from vpp_common.grpc_server import validated
 from vpp_common.logs import get_logger
 
 log = get_logger(__name__)
 
 SERVICE_NAME = "vpp.v1.ForecastingService"
+SLOT_NS = int(SLOT.value)
 _STREAMS = {
     common_pb2.FORECAST_STREAM_PV,
     common_pb2.FORECAST_STREAM_LOAD,
@@ -60,8 +65,12 @@ def request_model(site_ids: frozenset[str]) -> type[ForecastRequest]:
 
 
 class ForecastingServicer(forecasting_pb2_grpc.ForecastingServiceServicer):
-    def __init__(self, models: ModelThread) -> None:
+    def __init__(self, models: ModelWorker, cache: ForecastCache, backtest: BacktestScores | None) -> None:
         self._models = models
+        self._cache = cache
+        self._backtest = backtest
+        self._fingerprint = models.core.spec.fingerprint()
+        self._clock = models.core.clock
         self._request = request_model(frozenset(models.site_ids))
 
     async def GetForecast(
@@ -77,13 +86,23 @@ class ForecastingServicer(forecasting_pb2_grpc.ForecastingServiceServicer):
             },
             context,
         )
-        try:
-            return await self._models.forecast(req.site_id, req.stream, req.horizon_minutes, req.quantiles)
-        except NoHistory as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise  # unreachable: abort raises
+        entry = self._cache.get(req.site_id, req.stream)
+        if entry is None:
+            what = f"site {req.site_id!r}" if req.site_id else "the portfolio"
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no {STREAM_LABEL[req.stream]} forecast for {what} yet: the first issue cycle is still running "
+                "or the site has no measurements; retry in a few seconds",
+            )
+        assert entry is not None  # abort raised otherwise
+        now_ns = int(self._clock().value)
+        start_ns = -(-now_ns // SLOT_NS) * SLOT_NS  # first_slot(now), in integers: this path is hot
+        levels = sorted({float(q) for q in req.quantiles})
+        points = self._cache.points(entry, levels)
+        return forecast_from_cache(entry, start_ns, req.horizon_minutes // 15, levels, points)
 
     async def ListModels(
         self, request: forecasting_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> forecasting_pb2.ListModelsResponse:
-        return forecasting_pb2.ListModelsResponse(models=self._models.model_infos())
+        infos = model_infos(self._models.summaries(), self._backtest, self._fingerprint)
+        return forecasting_pb2.ListModelsResponse(models=infos)

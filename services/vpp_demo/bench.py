@@ -21,7 +21,7 @@ from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, market_a
 
 from vpp_common.kafka import ensure_topics, read_topic
 from vpp_common.topics import ACKS, ACTIVATIONS, COMMANDS, Topic
-from vpp_demo import fanout_cost
+from vpp_demo import fanout_cost, forecast_serving
 from vpp_demo.stack import Stack
 from vpp_demo.telemetry_tap import TelemetryTap
 from vpp_devtools.process import exit_on_sigterm
@@ -158,21 +158,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--activation-s", type=int, default=40)
+    parser.add_argument("--forecast-sites", type=int, default=1000, help="sites of the forecast serving section")
+    parser.add_argument("--production-fits", type=int, default=2, help="sites fit with the production model spec")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with Stack(args.out / "run", progress=progress) as stack:
         tap = TelemetryTap(stack.bootstrap_servers, record_arrival=True).start()
-        progress("[bench 1/5] raw Kafka produce->consume round trip")
+        progress("[bench 1/6] raw Kafka produce->consume round trip")
         kafka_rtt = raw_kafka_round_trip(stack.bootstrap_servers, args.samples)
-        progress("[bench 2/5] gRPC unary: health check vs GetPortfolioFlexibility")
+        progress("[bench 2/6] gRPC unary: health check vs GetPortfolioFlexibility")
         grpc_raw, grpc_ours = grpc_unary(stack, args.samples)
-        progress("[bench 3/5] activation -> Modbus write through the whole platform")
+        progress("[bench 3/6] activation -> Modbus write through the whole platform")
         act = activation_to_write(stack, args.activation_s)
-        progress("[bench 4/5] telemetry: Modbus read -> Kafka consumer")
+        progress("[bench 4/6] telemetry: Modbus read -> Kafka consumer")
         tap.stop()
         tele, pipeline = telemetry_latency(tap)
-    progress("[bench 5/5] gateway command fan-out: CPU per command a replica reads but does not hold")
+        progress(f"[bench 5/6] forecast serving: {args.forecast_sites} sites, GetForecast beside a health check")
+        forecasts = forecast_serving.measure(
+            stack,
+            args.out / "forecast-fleet",
+            n_sites=args.forecast_sites,
+            samples=args.samples,
+            production_sites=args.production_fits,
+            progress=progress,
+        )
+    progress("[bench 6/6] gateway command fan-out: CPU per command a replica reads but does not hold")
     fanout = fanout_cost.measure()
     results = {
         "raw_kafka_round_trip": summarise(kafka_rtt),
@@ -202,6 +213,7 @@ def main() -> None:
         "results": results,
         "ratios": ratios,
         "gateway_command_fanout": fanout,
+        "forecast_serving": forecasts,
         "wall_time_s": round(time.monotonic() - started, 1),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sites": 5,
@@ -224,6 +236,7 @@ def main() -> None:
         f"({fanout['commands_per_s']:,.0f} commands/s) that is {fanout['pct_of_core_per_replica']} % of a core "
         "per gateway replica.",
     ]
+    lines += ["", *forecast_serving.markdown(forecasts)]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten to {args.out}/results.md and results.json ({doc['wall_time_s']} s)")

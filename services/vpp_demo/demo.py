@@ -264,10 +264,23 @@ def _forecast_section(stack: Stack, out_dir: Path) -> Path | None:
             f"  {name:<5} {len(fc.points)} slots, P50 energy {sum(q[0.5]) * 0.25:8.0f} kWh, "
             f"peak P10/P50/P90 {max(q[0.1]):6.1f} / {max(q[0.5]):6.1f} / {max(q[0.9]):6.1f} kW  ({fc.model})"
         )
+        if fc.fallback_reason:
+            say(f"        fallback: {fc.fallback_reason}")
     try:
         models = stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=10).models
-        served = sorted({m.model for m in models if m.served})
-        say(f"  models served: {', '.join(served)} ({len(models)} site models scored on their latest days)")
+        served = [m for m in models if m.served]
+        waiting = sum(1 for m in served if m.fallback_reason)
+        fingerprint = served[0].model_fingerprint if served else "?"
+        say(
+            f"  models served: {', '.join(sorted({m.model for m in served}))} "
+            f"({len(served)} site streams, {waiting} on their fallback; configuration {fingerprint})"
+        )
+        tested = [m for m in served if m.backtest_task]
+        for m in tested[:2]:
+            say(
+                f"    backtest of this configuration, {m.backtest_task}: MAE {m.backtest_mae_kw:.3f} kW, "
+                f"pinball {m.backtest_pinball_kw:.3f} kW, P10-P90 coverage {m.backtest_coverage_p10_p90:.2f}"
+            )
     except grpc.RpcError as exc:
         say(f"  models: {exc.code().name}: {exc.details()}")
     if not forecasts:

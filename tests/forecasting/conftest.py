@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from vpp.v1 import envelope_pb2, telemetry_pb2
 
+from forecasting.models.spec import ModelSpec
 from forecasting.seed import real_series, site_frames
 from forecasting.settings import ForecastingSettings
 from forecasting.sites import SiteConfig, load_sites
@@ -103,10 +104,17 @@ def small_settings(**overrides: Any) -> ForecastingSettings:
     """Settings with small LightGBM models (seconds per fit on a shared 2-core box), nothing from the env."""
     values: dict[str, Any] = {
         "store_url": "sqlite://",
-        "load_n_estimators": 20,
-        "pv_n_estimators": 20,
-        "train_history_days": 35,
-        "validation_days": 3,
+        "model": ModelSpec(
+            load_n_estimators=20,
+            pv_n_estimators=20,
+            train_days=35,
+            validation_days=3,
+            load_calib_days=7,
+            pv_calib_days=7,
+        ),
+        "predict_history_days": 35,
+        "training_processes": 0,
+        "model_process": False,
         "combine_samples": 1000,
         "grpc_port": 0,
         "metrics_port": 0,

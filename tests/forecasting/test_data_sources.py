@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from forecasting.data import load_pvdaq_system50, load_uci_household, real_profile
-from forecasting.data.pvdaq import daily_centroid_offsets_min, load_pvdaq_system50_info
+from forecasting.data.pvdaq import (
+    SYSTEM50_SITE,
+    correct_dst_clock,
+    daily_centroid_offsets_min,
+    estimate_capacity_kw,
+    load_pvdaq_system50_info,
+    pvdaq_parquet_path,
+)
 from forecasting.data.uci import read_uci_minutes
 
 COLS = ["Global_active_power", "Global_reactive_power", "Voltage", "Global_intensity",
@@ -77,3 +84,30 @@ def test_real_profile_replays_measurements(kind: str) -> None:
         assert p.max() > 0.4 and p.max() < 1.3 and (p == 0).sum() > 40  # days and nights
     else:
         assert 0.05 < p.mean() < 5
+
+
+def test_capacity_uses_only_data_before_its_end() -> None:
+    """The effective capacity a forecast may use is estimated from data before a given time:
+    perturbing everything after it changes nothing, and the estimate is what the loader and
+    the backtest give for that time."""
+    kw, site = load_pvdaq_system50()
+    end = pd.Timestamp("2012-01-01", tz="America/Denver")
+    perturbed = kw.copy()
+    perturbed[perturbed.index >= end] *= 3.0
+    kwp = estimate_capacity_kw(kw, site, end=end)
+    assert kwp == estimate_capacity_kw(perturbed, site, end=end)
+    assert 3.0 < kwp < 4.5
+    assert load_pvdaq_system50(capacity_before=end)[1].kwp == round(kwp, 3)
+    # the default window is the 365 days before the end
+    later = pd.Timestamp("2013-06-01", tz="America/Denver")
+    assert estimate_capacity_kw(kw, site, end=later) == estimate_capacity_kw(
+        kw, site, start=later - pd.Timedelta(days=365), end=later)
+
+
+def test_clock_fix_decision_needs_no_future_data() -> None:
+    """The DST clock fix is a property of the file: its first 8 months (summer and winter
+    time) alone give the same decision as the whole file."""
+    raw = pd.read_parquet(pvdaq_parquet_path()).set_index("measured_on")["ac_power_2"]
+    first = raw[raw.index < raw.index[0] + pd.Timedelta(days=240)].astype(float)
+    _, info = correct_dst_clock(first, SYSTEM50_SITE)
+    assert info["corrected"] == load_pvdaq_system50_info()["corrected"] == 1.0

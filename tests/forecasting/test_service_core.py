@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 from vpp.v1 import envelope_pb2
 
 from conftest import SITE_A, SITE_B, batch_envelope, sample, seed_store, small_settings, write_sites
-from forecasting.core import ForecastingCore
+from forecasting.core import CACHE_LEVELS, ForecastingCore
 from forecasting.ingest import TelemetryIngest
-from forecasting.mapping import LOAD, NET, PV
+from forecasting.mapping import LOAD, PV
 from forecasting.selection import NoHistory
 from forecasting.sites import load_sites
 from forecasting.store import SLOT, HistoryStore
@@ -24,6 +24,7 @@ from vpp_common.kafka import Consumed
 from vpp_common.topics import TELEMETRY
 
 NOW = pd.Timestamp("2025-06-10 09:07", tz="UTC")
+MEDIAN = CACHE_LEVELS.index(0.5)
 
 
 class Clock:
@@ -70,18 +71,24 @@ def ingest_batch(ingest: TelemetryIngest, env: envelope_pb2.Envelope) -> None:
     asyncio.run(ingest.on_telemetry_batch(consumed(env)))
 
 
-def test_fallback_is_served_when_history_is_short(tmp_path: Path, real: tuple[pd.Series, pd.Series]) -> None:
+def test_fallback_serves_until_the_fit_and_when_history_is_short(
+    tmp_path: Path, real: tuple[pd.Series, pd.Series]
+) -> None:
     core = make_core(tmp_path, real, days=8)
-    forecasts = core.refresh()
+    forecasts = core.refresh()  # no fit yet: every site stream's fallback serves at once, and says so
     assert len(forecasts) == 2 * 3 + 3  # PV, LOAD, NET per site and for the portfolio
-    load_model = core.served("site-a", LOAD)
-    assert load_model is not None and load_model.name == "seasonal_naive"
+    for fc in forecasts:
+        assert len(fc.slots_ns) >= 144
+        assert fc.fallback_reason, fc
+        assert "not fit yet" in fc.fallback_reason if fc.site_id else fc.fallback_reason.startswith("4 of 4"), fc
+    assert set(core.due_for_training(NOW)) == {(s, st) for s in ("site-a", "site-b") for st in (PV, LOAD)}
+    served = core.train("site-a", LOAD)  # 8 days: the candidate cannot beat last week's slot
+    assert served.name == "seasonal_naive" and served.summary.fallback_reason
     infos = [i for i in core.model_infos() if i.site_id == "site-a" and i.stream == LOAD]
     assert {i.model: i.served for i in infos} == {"lightgbm_quantile": False, "seasonal_naive": True}
-    for fc in forecasts:
-        assert len(fc.points) == 144
-        if fc.site_id and fc.stream == LOAD:
-            assert fc.model == "seasonal_naive"
+    assert ("site-a", LOAD) not in core.due_for_training(NOW)
+    load = next(fc for fc in core.refresh() if fc.site_id == "site-a" and fc.stream == LOAD)
+    assert load.model == "seasonal_naive" and "not fit yet" not in load.fallback_reason
 
 
 def test_site_without_history_is_skipped_not_guessed(tmp_path: Path, real: tuple[pd.Series, pd.Series]) -> None:
@@ -89,23 +96,22 @@ def test_site_without_history_is_skipped_not_guessed(tmp_path: Path, real: tuple
     forecasts = core.refresh()
     assert {fc.site_id for fc in forecasts} == {"site-a"}  # no portfolio without all its sites
     with pytest.raises(NoHistory, match="site-b"):
-        core.forecast("site-b", LOAD, 60)
-    with pytest.raises(NoHistory, match="site-b"):
-        core.forecast("", NET, 60)
+        core.train("site-b", LOAD)
 
 
-def test_models_refit_daily_and_are_fed_new_data_between_fits(
+def test_models_refit_daily_in_the_background_and_are_fed_new_data_between_fits(
     tmp_path: Path, real: tuple[pd.Series, pd.Series]
 ) -> None:
     core = make_core(tmp_path, real, days=8)
-    core.refresh(NOW)
-    first = core.served("site-a", PV)
-    assert first is not None
+    first = core.train("site-a", PV, NOW)
     core.refresh(NOW + pd.Timedelta(hours=1))
-    assert core.served("site-a", PV) is first  # updated, not refit
-    core.refresh(NOW + pd.Timedelta(seconds=core.settings.retrain_interval_s + 60))
-    again = core.served("site-a", PV)
-    assert again is not None and again is not first and again.trained_at > first.trained_at
+    assert core.served("site-a", PV) is first  # updated, not refit: an issue cycle never fits
+    later = NOW + pd.Timedelta(seconds=core.settings.retrain_interval_s + 60)
+    core.refresh(later)
+    assert core.served("site-a", PV) is first
+    assert ("site-a", PV) in core.due_for_training(later)  # the trainer's turn
+    again = core.train("site-a", PV, later)
+    assert again is not first and again.trained_at > first.trained_at
 
 
 def test_telemetry_handler(tmp_path: Path, real: tuple[pd.Series, pd.Series]) -> None:
@@ -246,7 +252,7 @@ def test_live_error_of_the_p50_is_scored_once_measured(tmp_path: Path, real: tup
     core = make_core(tmp_path, real, days=8, clock=clock)
     count = metric("vpp_forecasting_live_abs_error_kw_count", {"stream": "load"})
     published = core.refresh()
-    p50 = next(fc for fc in published if fc.site_id == "site-a" and fc.stream == LOAD).points[0].values[1].power_kw
+    p50 = float(next(fc for fc in published if fc.site_id == "site-a" and fc.stream == LOAD).values_kw[0, MEDIAN])
     slot = NOW.ceil(SLOT)
     clock.now = NOW + pd.Timedelta(minutes=30)
     # slot mean = P50 + 2 kW

@@ -7,10 +7,10 @@ import asyncio
 import itertools
 import math
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pandas as pd
@@ -18,11 +18,16 @@ import pytest
 from vpp.v1 import common_pb2, forecast_pb2, forecasting_pb2, forecasting_pb2_grpc
 
 from conftest import SITE_A, SITE_B, seed_store, small_settings, write_sites
-from forecasting.core import ForecastingCore, ModelThread
+from forecasting.core import ForecastingCore
+from forecasting.forecast_cache import ForecastCache
 from forecasting.mapping import LOAD, NET, PV
+from forecasting.model_worker import ModelWorker
+from forecasting.models.spec import ModelSpec
+from forecasting.selection import default_candidates
 from forecasting.servicer import SERVICE_NAME, ForecastingServicer
-from forecasting.sites import load_sites
+from forecasting.sites import SiteConfig, load_sites
 from forecasting.store import HistoryStore
+from forecasting.training import Trainer
 from vpp_common.grpc_server import GrpcServer
 
 HISTORY_DAYS = 35
@@ -32,9 +37,29 @@ HISTORY_DAYS = 35
 class Served:
     port: int
     core: ForecastingCore
-    # ListModels latencies measured while the first GetForecast was fitting the models.
-    latencies_during_fit_s: list[float] = field(default_factory=list)
-    first_call_s: float = 0.0
+    # Answers got while the first fits were held inside the candidate's fit (a request must not wait).
+    during_fit: list[forecast_pb2.Forecast] = field(default_factory=list)
+    fits_held: bool = False
+
+
+class GatedCandidates:
+    """The backtested candidates, whose fits wait for ``gate``: a fit provably in progress."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, site: SiteConfig, stream: int, spec: ModelSpec) -> list[Any]:
+        pool = default_candidates(site, stream, spec)
+        inner_fit = pool[0].fit
+
+        def held_fit(history: pd.Series) -> None:
+            self.entered.set()
+            assert self.gate.wait(120), "the test never opened the gate"
+            inner_fit(history)
+
+        pool[0].fit = held_fit
+        return pool
 
 
 class ServerThread:
@@ -73,27 +98,40 @@ def served(tmp_path_factory: pytest.TempPathFactory, real: tuple[pd.Series, pd.S
     store = HistoryStore(settings.store_url)
     store.create_schema()
     seed_store(store, sites, real, HISTORY_DAYS, pd.Timestamp.now(tz="UTC"))
-    core = ForecastingCore(settings, store, sites)
-    models = ModelThread(core)
-    server = ServerThread(ForecastingServicer(models))
+    gated = GatedCandidates()
+    core = ForecastingCore(settings, store, sites, candidates=gated)
+    models = ModelWorker(core)
+    cache = ForecastCache()
+    trainer = Trainer(settings, models, cache.put, candidates=gated)
+    server = ServerThread(ForecastingServicer(models, cache, None))
     port = server.start()
     result = Served(port=port, core=core)
+
+    async def first_cycle() -> None:
+        cache.put(await models.refresh())
+
+    asyncio.run_coroutine_threadsafe(first_cycle(), server.loop).result(120)
+
+    async def fit_all() -> None:
+        for sid, stream in await models.due_for_training(core.clock()):
+            await trainer.fit_one(sid, stream)
+
+    fits = asyncio.run_coroutine_threadsafe(fit_all(), server.loop)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = forecasting_pb2_grpc.ForecastingServiceStub(channel)
-        # The first call fits site-a's models on the model thread; the loop must keep answering meanwhile.
-        started = time.perf_counter()
-        first = stub.GetForecast.future(request(site_id="site-a", stream=PV), timeout=240)
-        while not first.done():
-            t = time.perf_counter()
-            stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=5)
-            result.latencies_during_fit_s.append(time.perf_counter() - t)
-            time.sleep(0.2)
-        first.result()
-        result.first_call_s = time.perf_counter() - started
+        assert gated.entered.wait(120), "no fit started"
+        for site_id, stream in (("site-a", PV), ("site-b", LOAD), ("", NET)):
+            result.during_fit.append(stub.GetForecast(request(site_id=site_id, stream=stream), timeout=30))
+        result.fits_held = not fits.done() and not gated.gate.is_set()
+        gated.gate.set()
+        fits.result(300)
+    # The trainer asks for an issue cycle after each round of fits, so the portfolio uses the new models.
+    asyncio.run_coroutine_threadsafe(first_cycle(), server.loop).result(120)
     try:
         yield result
     finally:
         server.stop()
+        trainer.close()
         models.close()
         store.close()
 
@@ -194,29 +232,41 @@ def test_bad_requests_name_the_field(
 def test_list_models_shows_scores_and_what_is_served(
     stub: forecasting_pb2_grpc.ForecastingServiceStub, served: Served
 ) -> None:
-    stub.GetForecast(request(site_id="", stream=NET), timeout=240)  # every site stream fitted
     models = stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=30).models
     keys = {(m.site_id, m.stream) for m in models}
     assert keys == {(s, st) for s in ("site-a", "site-b") for st in (PV, LOAD)}
+    fingerprint = served.core.spec.fingerprint()
     for key in keys:
         group = [m for m in models if (m.site_id, m.stream) == key]
         assert sum(m.served for m in group) == 1, group
         assert len(group) >= 2  # a candidate and its fallback
         for m in group:
-            assert m.model and m.trained_at.seconds > 0
-            assert m.backtest_pinball_kw > 0.0
-            assert m.backtest_mae_kw > m.backtest_pinball_kw  # pinball of P50 alone is MAE/2; P10/P90 are less
-            assert 0.0 < m.backtest_coverage_p10_p90 <= 1.0
-        fallback = next(m for m in group if m.model == "seasonal_naive")
-        assert fallback.skill_vs_baseline == 0.0
+            assert m.model and m.trained_at.seconds > 0 and m.model_fingerprint == fingerprint
+            assert m.validation_pinball_kw > 0.0
+            assert m.validation_mae_kw > m.validation_pinball_kw  # pinball of P50 alone is MAE/2; P10/P90 are less
+            assert 0.0 < m.validation_coverage_p10_p90 <= 1.0
+            # This small test configuration was never backtested: no borrowed scores.
+            assert m.backtest_task == "" and m.backtest_pinball_kw == 0.0
         served_model = next(m for m in group if m.served)
+        assert served_model.fit_cpu_s > 0.0
+        fallback = next(m for m in group if m.model.startswith("seasonal_naive"))
         # The rule: a model is served only if it beats the fallback on the validation days.
-        assert served_model.model == "seasonal_naive" or served_model.skill_vs_baseline > 0.0
+        assert served_model is fallback or served_model.validation_pinball_kw < fallback.validation_pinball_kw
+        assert bool(served_model.fallback_reason) == (served_model is fallback)
 
 
-def test_fitting_never_blocks_the_event_loop(served: Served) -> None:
-    assert served.latencies_during_fit_s, "the first GetForecast returned before any ListModels could run"
-    assert max(served.latencies_during_fit_s) < 1.0, served.latencies_during_fit_s
+def test_a_request_never_waits_for_a_fit(served: Served) -> None:
+    """Answered while a fit was held open inside the candidate: the fallback, saying so."""
+    assert served.fits_held and len(served.during_fit) == 3
+    for fc in served.during_fit:
+        assert len(fc.points) == 96 and fc.fallback_reason, fc.model
+    assert "not fit yet" in served.during_fit[0].fallback_reason
+
+
+def test_forecasts_say_which_model_made_them_after_the_fits(stub: forecasting_pb2_grpc.ForecastingServiceStub) -> None:
+    fc = stub.GetForecast(request(site_id="site-a", stream=LOAD), timeout=30)
+    assert "not fit yet" not in fc.fallback_reason
+    assert fc.model_fingerprint
 
 
 def test_undecodable_request_bytes_are_invalid_argument(served: Served) -> None:

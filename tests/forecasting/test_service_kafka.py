@@ -101,7 +101,10 @@ def service_settings(broker: EmbeddedBroker, tmp_path: Path, **overrides: Any) -
 @pytest.fixture()
 def service(broker: EmbeddedBroker, tmp_path: Path, clean_env: None) -> Iterator[Running]:
     # The service backfills the real series itself before its first refresh.
-    runner = AppThread(service_settings(broker, tmp_path, seed_days_if_empty=35))
+    # As in production: the models in a process of their own, fits in a (spawned, niced) worker process.
+    runner = AppThread(
+        service_settings(broker, tmp_path, seed_days_if_empty=35, training_processes=1, model_process=True)
+    )
     running = runner.start()
     try:
         yield running
@@ -213,7 +216,14 @@ def test_telemetry_lands_in_the_store_and_forecasts_are_published(
         )
         fc = stub.GetForecast(req, timeout=60)
         assert len(fc.points) == 96
-        assert any(m.served for m in stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=10).models)
+
+        def fitted_in_the_worker() -> list[forecasting_pb2.ModelInfo] | None:
+            models = stub.ListModels(forecasting_pb2.ListModelsRequest(), timeout=10).models
+            served = [m for m in models if m.served]
+            return served if len(served) == 2 and all(m.fit_cpu_s > 0 for m in served) else None
+
+        served = wait_for(fitted_in_the_worker, 240, "both site streams fit by the training process")
+        assert built.trainer.fits >= 2 and {m.stream for m in served} == {PV, LOAD}
 
 
 class DatabaseDown:

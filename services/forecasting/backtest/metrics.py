@@ -1,5 +1,8 @@
 """Forecast scores and skill with day-block bootstrap confidence intervals.
 
+MAE and RMSE score each model's own point forecast; pinball loss (mean over
+the quantiles) and P10-P90 coverage score its quantiles.
+
 Skill = 1 - score / baseline score.  The 95% interval resamples whole test
 days with replacement (errors within a day are strongly correlated, so
 resampling slots would give intervals that are far too narrow).
@@ -20,10 +23,14 @@ def point_column(quantiles: Sequence[float]) -> float:
     return min(quantiles, key=lambda q: abs(q - 0.5))
 
 
-def slot_losses(y: np.ndarray, pred: pd.DataFrame, quantiles: Sequence[float]) -> pd.DataFrame:
-    """Per-slot absolute error, squared error, pinball per quantile and mean, band hit."""
-    p50 = pred[point_column(quantiles)].to_numpy()
-    out = {"ae": np.abs(y - p50), "se": (y - p50) ** 2}
+def slot_losses(
+    y: np.ndarray, pred: pd.DataFrame, quantiles: Sequence[float],
+    point: np.ndarray | pd.Series | None = None,
+) -> pd.DataFrame:
+    """Per-slot absolute and squared error of the point forecast (``point``; default the
+    median column), pinball per quantile and mean, band hit."""
+    p = np.asarray(point if point is not None else pred[point_column(quantiles)], dtype=float)
+    out = {"ae": np.abs(y - p), "se": (y - p) ** 2}
     pins = []
     for q in quantiles:
         pl = pinball_loss(y, pred[q].to_numpy(), q)

@@ -10,6 +10,12 @@ Honesty rules enforced here:
   history only through the models' issue-time gate, which
   ``tests/forecasting/test_backtest_*`` checks by perturbing all data after an
   issue time and requiring bit-identical forecasts.
+* Quantities fitted from data outside the models follow the same rule: the PV
+  effective capacity (``run_pv(capacity_from_data=True)``) comes from the 365
+  days before the first fit, never from the test period.
+* Every model is scored on its own point forecast (column ``<model>@point``,
+  from ``predict_point`` when the model has one, else its median) for MAE and
+  RMSE, and on its quantiles (``<model>@<q>``) for pinball loss and coverage.
 
 Tasks
 -----
@@ -31,17 +37,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from forecasting.models.base import SLOT, QuantileForecaster
+from forecasting.data.pvdaq import site_with_capacity_before
+from forecasting.models.base import SLOT, QuantileForecaster, point_forecast
 from forecasting.models.baselines import (
     PvClimatologyForecaster,
     PvPersistenceForecaster,
     SmartPersistenceForecaster,
 )
-from forecasting.models.load import LoadForecaster
 from forecasting.models.physics import pv_physics
-from forecasting.models.pv import PvForecaster
 from forecasting.models.seasonal_naive import SeasonalNaiveForecaster
 from forecasting.models.site import PvSite
+from forecasting.models.spec import ModelSpec, load_candidate, pv_candidate
 from forecasting.models.validation import day_ahead_issues
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
@@ -80,6 +86,10 @@ class TaskResult:
     def predictions(self, model: str) -> pd.DataFrame:
         cols = {q: f"{model}@{q}" for q in self.quantiles}
         return self.frame[list(cols.values())].set_axis(list(cols), axis=1)
+
+    def point(self, model: str) -> pd.Series:
+        """The model's own point forecast (column ``model@point``): what MAE/RMSE score."""
+        return self.frame[f"{model}@point"]
 
 
 def run_rolling(
@@ -132,6 +142,10 @@ def run_rolling(
                 fc = models[name].predict(issue, slots, qs)
                 for q in qs:
                     rec[f"{name}@{q}"] = fc[q].to_numpy()
+                rec[f"{name}@point"] = point_forecast(models[name], issue, slots, fc).to_numpy()
+                mean = getattr(models[name], "predict_mean", None)
+                if mean is not None and name == task.models[0]:  # informational
+                    rec[f"{name}@mean"] = mean(issue, slots).to_numpy()
             rows[ti].append(rec)
             task_seconds[ti] += time.perf_counter() - ts
             done += 1
@@ -195,44 +209,21 @@ def _hour_bucket(lead_h: np.ndarray) -> np.ndarray:
     return np.array([f"{int(h) + 1}h" for h in lead_h], dtype=object)
 
 
-@dataclass
-class ModelConfig:
-    """Model sizes for a run (smaller for --quick and for the test suite)."""
-
-    n_estimators_load: int = 200
-    n_estimators_pv: int = 150
-    num_threads: int = 1
-    seed: int = 0
-    train_days: int = 730
-    load_calib_days: int = 42
-    pv_calib_days: int = 60
-    load_max_rows: int = 60_000
-    pv_max_rows: int = 30_000
-
-
 def run_load(
     series: pd.Series,
     train_end: pd.Timestamp,
     test_start: pd.Timestamp,
     test_end: pd.Timestamp,
-    cfg: ModelConfig | None = None,
+    cfg: ModelSpec | None = None,
     retrain: str = "monthly",
     progress: Progress = stderr_progress,
 ) -> list[TaskResult]:
     """Load day-ahead backtest (file clock tagged UTC, see ``forecasting.data.uci``)."""
-    cfg = cfg or ModelConfig()
+    cfg = cfg or ModelSpec()
     tz = "UTC"
     plan = day_ahead_issues(local_days(test_start, test_end, tz), tz)
     factories: dict[str, Callable[[], QuantileForecaster]] = {
-        "lightgbm_quantile": lambda: LoadForecaster(
-            timezone=tz,
-            n_estimators=cfg.n_estimators_load,
-            num_threads=cfg.num_threads,
-            seed=cfg.seed,
-            train_days=cfg.train_days,
-            calib_days=cfg.load_calib_days,
-            max_train_rows=cfg.load_max_rows,
-        ),
+        "lightgbm_quantile": lambda: load_candidate(cfg, tz),
         "seasonal_naive": SeasonalNaiveForecaster,
     }
     task = TaskSpec("load_day_ahead", plan, list(factories), tz, _day_bucket)
@@ -248,13 +239,21 @@ def run_pv(
     train_end: pd.Timestamp,
     test_start: pd.Timestamp,
     test_end: pd.Timestamp,
-    cfg: ModelConfig | None = None,
+    cfg: ModelSpec | None = None,
     retrain: str = "monthly",
     tasks: Sequence[str] = ("pv_day_ahead", "pv_intraday"),
     progress: Progress = stderr_progress,
+    capacity_from_data: bool = False,
+    only_candidate: bool = False,
 ) -> list[TaskResult]:
-    """PV day-ahead and intraday backtests sharing one monthly-refit model."""
-    cfg = cfg or ModelConfig()
+    """PV day-ahead and intraday backtests sharing one monthly-refit model.
+
+    ``capacity_from_data``: replace ``site.kwp`` by the effective capacity
+    estimated from the 365 days of ``series`` before the first fit (the train
+    end, or the first issue if earlier) -- never from the test period.
+    ``only_candidate``: run the PV model without the baselines (model experiments).
+    """
+    cfg = cfg or ModelSpec()
     tz = site.timezone
     grid = pd.date_range(
         pd.Timestamp(test_start.date()).tz_localize(tz) - pd.Timedelta(days=2),
@@ -275,25 +274,27 @@ def run_pv(
             TaskSpec("pv_intraday", plan, ["pv_physics_lgbm", "smart_persistence"], tz,
                      _hour_bucket)
         )
+    notes = []
+    if capacity_from_data:  # the first fit's cutoff, as in run_rolling
+        before = min([aware(train_end, tz)] + [s.plan[0][0] for s in specs if s.plan])
+        site = site_with_capacity_before(series, site, before)
+        notes.append(f"kwp {site.kwp} estimated from the 365 days before {before.isoformat()}")
     factories: dict[str, Callable[[], QuantileForecaster]] = {
-        "pv_physics_lgbm": lambda: PvForecaster(
-            site,
-            n_estimators=cfg.n_estimators_pv,
-            num_threads=cfg.num_threads,
-            seed=cfg.seed,
-            train_days=cfg.train_days,
-            calib_days=cfg.pv_calib_days,
-            max_train_rows=cfg.pv_max_rows,
-        ),
+        "pv_physics_lgbm": lambda: pv_candidate(cfg, site),
         "persistence_d2": lambda: PvPersistenceForecaster(site, lag_days=2),
         "climatology_30d": lambda: PvClimatologyForecaster(site, days=30),
         "smart_persistence": lambda: SmartPersistenceForecaster(site),
     }
     needed = {m for s in specs for m in s.models}
+    if only_candidate:
+        needed = {"pv_physics_lgbm"}
+        for spec in specs:
+            spec.models = ["pv_physics_lgbm"]
     factories = {k: v for k, v in factories.items() if k in needed}
     t0 = time.perf_counter()
     res = run_rolling(series, factories, specs, aware(train_end, tz), retrain, scored=daylight,
                       progress=progress)
     for r in res:
         r.seconds = time.perf_counter() - t0  # shared fits: wall time of the joint run
+        r.notes += notes
     return res

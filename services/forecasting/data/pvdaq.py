@@ -13,8 +13,18 @@ After the fix both seasons agree within a few minutes, and the small residual
 offset is consistent with labels at the *start* of each 15-minute interval.
 
 Capacity: the nameplate is unknown, so ``estimate_capacity_kw`` fits an
-effective PVWatts kWp from the first year only (90th percentile of daily
-measured/modelled energy ratios, i.e. the clear days).
+effective PVWatts kWp (90th percentile of daily measured/modelled energy
+ratios, i.e. the clear days) from a window of data given by the caller.
+Forecasting code must pass a window that ends at (or before) its training end /
+issue time: ``load_pvdaq_system50(capacity_before=T)`` and the backtest
+(``forecasting.backtest.runner.run_pv``) use the 365 days before ``T``.  Without
+``capacity_before`` the site's kWp comes from the first data year; that is only
+for replaying the measurements as kW per kWp (demo profiles, seeding), never for
+scoring forecasts.
+
+The clock fix is a property of the file (its timestamps are DST wall-clock
+times), not a forecast quantity; it is measured on the whole file, and the file's
+first 8 months alone give the same decision (``tests/forecasting/test_data_sources.py``).
 """
 
 from __future__ import annotations
@@ -135,13 +145,19 @@ def estimate_capacity_kw(
 ) -> float:
     """Effective kWp: ``quantile`` of daily measured/PVWatts-per-kWp energy ratios.
 
-    Uses only ``[start, end)`` (default: the first 365 days with data) so a
-    backtest's later test period does not leak into the capacity.
+    Uses only ``[start, end)``.  Default ``start``: 365 days before ``end`` when
+    ``end`` is given, else the first measurement; default ``end``: ``start`` +
+    365 days.  A forecast may only use a capacity whose ``end`` is at or before
+    its training end / issue time.
     """
     valid = power_kw.dropna()
+    if end is not None:
+        valid = valid[valid.index < end]
     if valid.empty:
         raise ValueError("no measurements")
-    start = start if start is not None else valid.index[0]
+    if start is None:
+        start = max(valid.index[0], end - pd.Timedelta(days=365)) if end is not None \
+            else valid.index[0]
     end = end if end is not None else start + pd.Timedelta(days=365)
     part = power_kw[(power_kw.index >= start) & (power_kw.index < end)]
     phys = pv_physics(site.model_copy(update={"kwp": 1.0}), part.index)
@@ -170,13 +186,26 @@ def load_pvdaq_system50_info(path: Path | str | None = None) -> dict[str, float]
     return cached("pvdaq_system50", src, _VERSION, lambda: _build(src))[2]
 
 
-def load_pvdaq_system50(path: Path | str | None = None) -> tuple[pd.Series, PvSite]:
+def site_with_capacity_before(power_kw: pd.Series, site: PvSite, before: pd.Timestamp) -> PvSite:
+    """``site`` with its kWp estimated from the 365 days of ``power_kw`` before ``before``."""
+    kwp = estimate_capacity_kw(power_kw, site, end=before)
+    return site.model_copy(update={"kwp": round(kwp, 3)})
+
+
+def load_pvdaq_system50(
+    path: Path | str | None = None, capacity_before: pd.Timestamp | None = None
+) -> tuple[pd.Series, PvSite]:
     """Measured AC power (kW, 15-min, corrected UTC slot-start index) and the site.
 
-    The site's ``kwp`` is the effective capacity estimated from the first year.
+    The site's ``kwp`` is the effective capacity estimated from the 365 days
+    before ``capacity_before`` (tz-aware) -- what a forecast issued from then on
+    may use -- or, without it, from the first data year (replay/normalisation
+    only, see the module docstring).
     """
     src = Path(path) if path is not None else pvdaq_parquet_path()
     kw, site, _ = cached("pvdaq_system50", src, _VERSION, lambda: _build(src))
+    if capacity_before is not None:
+        site = site_with_capacity_before(kw, site, capacity_before)
     return kw, site
 
 

@@ -16,6 +16,11 @@ Conventions (shared with the forecasting service):
   never change the forecast (tested by perturbing them).
 * PV models also accept ``weather=`` (a DataFrame, see
   :mod:`forecasting.models.physics`) in ``fit`` and ``predict``.
+* ``predict_point(issue_time, slots)`` (optional, :class:`PointForecaster`)
+  returns the model's own single-valued forecast (kW) -- what MAE and RMSE are
+  scored on.  Reference forecasts have one (persistence value, climatology
+  mean, ...) that differs from the median of their band; a model without it is
+  scored on its median (:func:`point_forecast`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,28 @@ class QuantileForecaster(Protocol):
         self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
     ) -> pd.DataFrame:
         """Quantile forecasts (kW) for ``slots`` using data before ``issue_time`` only."""
+
+
+@runtime_checkable
+class PointForecaster(Protocol):
+    """A forecaster that also states its own point forecast (optional extension)."""
+
+    def predict_point(self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex) -> pd.Series:
+        """Point forecast (kW) for ``slots`` using data before ``issue_time`` only."""
+
+
+def point_forecast(
+    model: QuantileForecaster, issue_time: pd.Timestamp, slots: pd.DatetimeIndex,
+    quantiles: pd.DataFrame | None = None,
+) -> pd.Series:
+    """``model.predict_point`` if it has one, else its median (from ``quantiles`` if given)."""
+    if isinstance(model, PointForecaster):
+        return model.predict_point(issue_time, slots)
+    fc = quantiles if quantiles is not None else model.predict(issue_time, slots, [0.5])
+    cols = [float(c) for c in fc.columns]
+    if 0.5 in cols:
+        return fc[0.5]
+    return pd.Series(interpolate_quantiles(cols, fc.to_numpy(), [0.5])[:, 0], index=slots)
 
 
 def to_grid(history: pd.Series) -> pd.Series:

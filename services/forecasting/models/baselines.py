@@ -1,18 +1,35 @@
 """Reference forecasts for PV (what a skill score is measured against).
 
 All three follow the :class:`~forecasting.models.base.QuantileForecaster`
-protocol.  Their bands come from the empirical distribution of their own past
-errors, scaled by the clear-sky power so night and winter are not over-wide:
-``P_q = point + P_clear * Q_q((y - point) / P_clear)`` over the last
-``error_window_days`` before the issue time (daylight slots only), clipped at 0.
+protocol and are scored the way the field scores them:
+
+* **Point** (``predict_point``; MAE and RMSE are computed on it): the
+  baseline's own value -- the persistence value, the climatology mean, the
+  smart-persistence value -- never a median shifted by its error distribution.
+  0 kW at night (solar elevation <= 5 deg) and where the point is undefined.
+* **Band** (``predict``; pinball loss and P10-P90 coverage): the point plus
+  empirical quantiles of the baseline's *own past errors*, clear-sky scaled::
+
+      P_q(t) = max(0, point(t) + P_clear(t) * Q_q(e)),  e = (y - point) / P_clear
+
+  The errors ``e`` are those the baseline made on the daylight slots (solar
+  elevation > 5 deg, clear-sky power > 1 % of kWp, measured) of the last
+  ``error_window_days`` = 30 days before the issue time, each error
+  recomputed as if issued then (smart persistence: issued the forecast's
+  lead before its slot), from data before the issue time only.  Grouping: one error distribution per forecast for
+  persistence and climatology (all daylight hours pooled; the clear-sky
+  scaling carries the daily and seasonal shape), one per lead (15-minute
+  step) for smart persistence, whose error grows with the lead.  With fewer
+  than 50 errors the band collapses to the point.
 
 * :class:`PvPersistenceForecaster` -- the same slot ``lag_days`` earlier (D-2 =
-  the last complete day for a day-ahead issued at noon on D-1).
-* :class:`PvClimatologyForecaster` -- per-slot mean of days D-2 .. D-31.
+  the last complete day for a day-ahead issued at noon on D-1; 2 and 3 lags
+  back if that slot is missing).
+* :class:`PvClimatologyForecaster` -- per-slot mean of the measured days D-2 ..
+  D-31 (``days`` = 30 days ending two days before the target).
 * :class:`SmartPersistenceForecaster` -- the clear-sky index of the last hour
   before the issue (energy-weighted) times the clear-sky power of the target
-  slot; if the last hour was dark, the index of the last 24 h.  Error
-  quantiles are computed per lead.
+  slot; if the last hour was dark, the index of the last 24 h.
 """
 
 from __future__ import annotations
@@ -76,22 +93,39 @@ class _PvBaseline:
         """Leads sharing an error distribution (overridden per baseline)."""
         return 0
 
+    def _positions(
+        self, g: _PvGrid, issue_time: pd.Timestamp, slots: pd.DatetimeIndex
+    ) -> tuple[int, np.ndarray]:
+        i = issue_position(g.start, issue_time)
+        j = np.asarray((check_slots(slots) - g.start) // SLOT, dtype=np.int64)
+        g.ensure(int(j.max()) + 1)
+        return i, j
+
+    def _point(self, g: _PvGrid, i: int, j: np.ndarray) -> np.ndarray:
+        point = self.point_kw(g, np.full(len(j), i), j)
+        return np.where(g.phys["usable"][j] & np.isfinite(point), np.clip(point, 0.0, None), 0.0)
+
+    def predict_point(self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex) -> pd.Series:
+        """The baseline's own point forecast (kW, >= 0, 0 at night): what MAE/RMSE score."""
+        g = self._grid
+        if g is None:
+            return pd.Series(np.zeros(len(slots)), index=slots)
+        i, j = self._positions(g, issue_time, slots)
+        return pd.Series(self._point(g, i, j), index=slots)
+
     def predict(
         self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
     ) -> pd.DataFrame:
         """Point + clear-sky-scaled empirical error quantiles, >= 0, 0 at night."""
         qs = check_quantiles(quantiles)
-        utc = check_slots(slots)
+        check_slots(slots)
         g = self._grid
         if g is None:
             return monotone_frame(np.zeros((len(slots), len(qs))), slots, qs)
-        i = issue_position(g.start, issue_time)
-        j = np.asarray((utc - g.start) // SLOT, dtype=np.int64)
-        g.ensure(int(j.max()) + 1)
+        i, j = self._positions(g, issue_time, slots)
         pcs = g.phys["ac_clear_kw"][j]
         usable = g.phys["usable"][j]
-        point = self.point_kw(g, np.full(len(j), i), j)
-        point = np.where(np.isfinite(point), point, 0.0)
+        point = self._point(g, i, j)
         values = np.zeros((len(j), len(qs)))
         cache: dict[int, np.ndarray] = {}
         for r, lead in enumerate(j - i):

@@ -181,7 +181,9 @@ class LoadForecaster:
         keep = np.isfinite(hist.y[j])
         i, j = i[keep], j[keep]
         if len(i) > self.max_train_rows:  # neighbouring leads are near-duplicates
-            rng = np.random.default_rng(self.seed + hi)
+            # Seeded by the absolute time of the window end, not its position in the grid: the service
+            # (a window read from its store) and the backtest (a longer series) pick the same rows.
+            rng = np.random.default_rng([self.seed, int((hist.start + hi * SLOT).value // SLOT.value)])
             pick = np.sort(rng.choice(len(i), self.max_train_rows, replace=False))
             i, j = i[pick], j[pick]
         return i, j

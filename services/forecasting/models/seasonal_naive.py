@@ -1,8 +1,9 @@
 """The seasonal-naive forecaster: the honest fallback every candidate model must beat.
 
-The same slot ``season_days`` earlier (two, three, four seasons back if that is missing), with a band
-from the empirical distribution of its own errors over the last ``error_window_days`` before the issue
-time.
+Point (``predict_point``, what MAE/RMSE score): the same slot ``season_days`` earlier (two, three, four
+seasons back if that is missing; the median of the last season if all are). Band (``predict``): the point
+plus empirical quantiles of its own past errors ``y(t) - y(t - season)`` over all slots (day and night,
+no grouping by hour) of the last ``error_window_days`` (default 56) before the issue time, clipped at 0.
 
 It is shared by the load model (its fallback on short history), the service's PV and load candidates
 (yesterday's / last week's slot) and the day-ahead model choice (the default fallback), so it lives in
@@ -63,14 +64,11 @@ class SeasonalNaiveForecaster:
             out[fill] = cand[fill]
         return out
 
-    def predict(
-        self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
-    ) -> pd.DataFrame:
-        """Quantiles = point + empirical quantiles of past seasonal-naive errors, >= 0."""
-        qs = check_quantiles(quantiles)
+    def _point_and_errors(
+        self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self._start is not None
         utc = check_slots(slots)
-        if self._start is None:
-            return monotone_frame(np.zeros((len(slots), len(qs))), slots, qs)
         i = issue_position(self._start, issue_time)
         j = slot_positions(self._start, utc)
         point = self.point(i, j)
@@ -82,6 +80,24 @@ class SeasonalNaiveForecaster:
         point = np.where(np.isnan(point), level, point)
         if len(err) < SLOTS_PER_DAY:  # too little to learn errors: spread of recent data
             err = recent[np.isfinite(recent)] - level if np.isfinite(recent).any() else np.zeros(1)
+        return point, err
+
+    def predict_point(self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex) -> pd.Series:
+        """The seasonal-naive value itself (kW, >= 0): what MAE/RMSE score."""
+        if self._start is None:
+            return pd.Series(np.zeros(len(slots)), index=slots)
+        point, _ = self._point_and_errors(issue_time, slots)
+        return pd.Series(np.clip(point, 0.0, None), index=slots)
+
+    def predict(
+        self, issue_time: pd.Timestamp, slots: pd.DatetimeIndex, quantiles: Sequence[float]
+    ) -> pd.DataFrame:
+        """Quantiles = point + empirical quantiles of past seasonal-naive errors, >= 0."""
+        qs = check_quantiles(quantiles)
+        check_slots(slots)
+        if self._start is None:
+            return monotone_frame(np.zeros((len(slots), len(qs))), slots, qs)
+        point, err = self._point_and_errors(issue_time, slots)
         shifts = np.quantile(err, qs)
         values = np.clip(point[:, None] + shifts[None, :], 0.0, None)
         return monotone_frame(values, slots, qs)
