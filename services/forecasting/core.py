@@ -182,7 +182,7 @@ class ForecastingCore:
         for sid in self._order:
             for stream in MODELLED_STREAMS:
                 served = self._models.get((sid, stream))
-                if served is None or served.summary.fallback_reason.startswith("model not fit yet"):
+                if served is None or not served.summary.fitted:
                     never.append((sid, stream))
                     continue
                 age_s = (now.to_pydatetime() - served.trained_at).total_seconds()
@@ -190,10 +190,14 @@ class ForecastingCore:
                     old.append((served.trained_at.timestamp(), (sid, stream)))
         return never + [key for _, key in sorted(old)]
 
+    def training_history(self, site_id: str, stream: int, now: pd.Timestamp) -> pd.Series:
+        """What a fit of this site stream at ``now`` reads (store only: safe from any thread)."""
+        return self.histories([site_id], now, self.training_days())[site_id][column_of(stream)]
+
     def train(self, site_id: str, stream: int, now: pd.Timestamp | None = None) -> ServedModel:
-        """Fit and validate one site stream here and now (blocking: tests and the in-process trainer)."""
+        """Fit and validate one site stream here and now (blocking; tests)."""
         issue = now if now is not None else self.clock()
-        history = self.histories([site_id], issue, self.training_days())[site_id][column_of(stream)]
+        history = self.training_history(site_id, stream, issue)
         served = select_model(self.sites[site_id], stream, history, issue, self.spec, self.candidates)
         self.install(served)
         return served

@@ -45,8 +45,3 @@ class ForecastCache:
             return None
         return entry.default_points
 
-    def sites(self) -> set[str]:
-        return set(self._sites)
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -83,9 +83,12 @@ def drain() -> list[tuple[str, tuple[str, ...], str, float]]:
 
 def apply(events: list[tuple[str, tuple[str, ...], str, float]]) -> None:
     """The model process's updates, applied here (the service process)."""
-    by_name = {metric._name: metric for metric in (LIVE_ABS_ERROR_KW, LIVE_MAE_KW, REFRESH_SECONDS)}
     for name, labels, op, value in events:
-        metric = by_name.get(name)
+        metric = _FROM_MODEL_PROCESS.get(name)
         if metric is not None:
             target = metric.labels(*labels) if labels else metric
             getattr(target, op)(value)
+
+
+# The metrics the model process updates (see ``record``), by name.
+_FROM_MODEL_PROCESS: dict[str, Any] = {m._name: m for m in (LIVE_ABS_ERROR_KW, LIVE_MAE_KW, REFRESH_SECONDS)}

@@ -55,6 +55,7 @@ class ModelSummary:
     # Why the fallback serves ("" when the candidate does): no fit yet, or it lost the validation.
     fallback_reason: str = ""
     fit_cpu_s: float = 0.0  # CPU time of the fit and validation that chose this model
+    fitted: bool = True  # False: the stand-in served until the background fit is installed
 
 
 @dataclass
@@ -152,6 +153,7 @@ def fallback_model(
         scores=(),
         fallback_name=str(model.name),
         fallback_reason="model not fit yet (training in the background)",
+        fitted=False,
     )
     return ServedModel(model=model, summary=summary)
 

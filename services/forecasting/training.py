@@ -23,7 +23,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 import pandas as pd
 
 from forecasting import metrics as m
-from forecasting.core import CachedForecast, column_of
+from forecasting.core import CachedForecast
 from forecasting.mapping import STREAM_LABEL
 from forecasting.model_worker import ModelWorker
 from forecasting.models.spec import ModelSpec
@@ -137,8 +137,7 @@ class Trainer:
         return served
 
     def _read(self, site_id: str, stream: int, now: pd.Timestamp) -> pd.Series:
-        frame = self.core.histories([site_id], now, self.core.training_days())[site_id]
-        series = frame[column_of(stream)]
+        series = self.core.training_history(site_id, stream, now)
         if not series.notna().any():
             raise NoHistory(f"site {site_id!r} has no {STREAM_LABEL[stream]} measurements yet")
         return series

@@ -126,16 +126,7 @@ class Stack:
         ports = ServicePorts(free_port(), free_port())
         self.replica_ports[name] = [ports]
         self.ports[name] = ports
-        full = self._base_env()
-        full.update(
-            {
-                "VPP_GRPC_HOST": "127.0.0.1",
-                "VPP_GRPC_PORT": str(ports.grpc),
-                "VPP_METRICS_PORT": str(ports.metrics),
-                "VPP_INSTANCE_ID": name,
-                **env,
-            }
-        )
+        full = {**self._service_env(name), "VPP_INSTANCE_ID": name, **env}
         self._spawn(name, [sys.executable, "-m", module], full)
         self._wait_serving(name, ports, timeout_s)
         return ports
