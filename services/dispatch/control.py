@@ -110,6 +110,7 @@ class SiteRun:
     lag_s: float = 0.0  # estimated first-order response time constant (0: not yet seen)
     dropped: str = ""  # why the site was taken out ("" while it is in)
     commanded_at_s: float = 0.0  # when its current command was sent
+    moved_at_s: float = 0.0  # when the last command that moved it by more than a trim was sent
     awaiting_ack: bool = False
     delivered_kw: float = 0.0  # this activation's part of its meter delivery at the last step end
     share_at_drop: float = 0.0  # this activation's part of the site's total offset when it was dropped
@@ -145,6 +146,7 @@ class Run:
     activation_id: str
     product: str = ""
     portfolio_id: str = ""
+    award_id: str = ""  # the award it draws on ("" : an unawarded test activation)
     sites: dict[str, SiteRun] = field(default_factory=dict)
     frozen: set[str] | None = None  # open loop: the sites online at the first step
     step: int = 0
@@ -383,17 +385,25 @@ def close(
             continue
         commanded_at_s = record.commanded_at_s.get(site_id, site.commanded_at_s)
         elapsed_s = reading.measured_at_s - commanded_at_s
+        judge_kw = max(cfg.judge_min_kw, 0.1 * reading.rating_kw)
+        # The integral re-trims a site's command nearly every step; a trim does not restart its response,
+        # so the time it has had to settle counts from the last command that really moved it. Counting
+        # from each trim instead left a site re-trimmed every 4 s and read every 2 s unjudged for whole
+        # phases whenever its samples fell early in the step (seen under CPU load: a capped site never dropped).
+        previous_total = previous.totals_kw.get(site_id, 0.0) if previous is not None else 0.0
+        if site.moved_at_s <= 0.0 or abs(total - previous_total) > max(judge_kw, 0.2 * abs(total)):
+            site.moved_at_s = commanded_at_s
+        settled_s = reading.measured_at_s - min(site.moved_at_s, commanded_at_s)
         expected = total
         if commanded_at_s >= record.issued_at_s - 1e-6 and site.lag_s > 0 and previous is not None:
-            before = (starts or {}).get(site_id, previous.totals_kw.get(site_id, 0.0))
+            before = (starts or {}).get(site_id, previous_total)
             expected = total - (total - before) * math.exp(-max(0.0, elapsed_s) / site.lag_s)
         residual_kw += site.gain * expected * own / total - part
-        judge_kw = max(cfg.judge_min_kw, 0.1 * reading.rating_kw)
         if abs(expected) < judge_kw or abs(total) < judge_kw:
             continue
         # Judged within its step whatever the lag estimate says (a step is 4 s): the expected value
         # above already allows for the lag.
-        if elapsed_s < min(max(cfg.settle_s, 2.0 * site.lag_s), 3.5) or reading.measured_at_s > end_s:
+        if settled_s < min(max(cfg.settle_s, 2.0 * site.lag_s), 3.5) or reading.measured_at_s > end_s:
             continue  # not settled enough to judge: judged at a later step end
         ratio = reading.delivered_kw / expected
         miss_kw = abs(expected - reading.delivered_kw)

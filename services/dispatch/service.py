@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from vpp.v1 import dispatch_api_pb2_grpc, dispatch_pb2, market_pb2
 
 from dispatch import control
+from dispatch.awards import AwardBook, without_held
 from dispatch.control import Run, SiteNow, StepRecord
 from dispatch.lease import LeaseState
 from dispatch.servicer import SERVICE_NAME, DispatchServicer
@@ -25,7 +26,7 @@ from vpp_common.kafka import Consumed, EventProducer
 from vpp_common.logs import get_logger
 from vpp_common.partitioning import site_partition
 from vpp_common.sites import SiteTable
-from vpp_common.topics import ACKS, ACTIVATIONS, COMMANDS, LEASES, RUNS, TELEMETRY, TRACKING
+from vpp_common.topics import ACKS, ACTIVATIONS, AWARDS, COMMANDS, LEASES, RESERVATIONS, RUNS, TELEMETRY, TRACKING
 
 log = get_logger(__name__)
 
@@ -41,6 +42,7 @@ ALLOCATION = Histogram(
 )
 COMMANDS_SENT = Counter("vpp_dispatch_commands_total", "Commands published")
 ACKS_IN = Counter("vpp_dispatch_acks_total", "Acks received", ["status"])
+REFUSED = Counter("vpp_dispatch_activations_refused_total", "Activation steps refused (e.g. larger than their award)")
 REALLOCATIONS = Counter("vpp_dispatch_reallocations_total", "Sites dropped from an activation and their share moved")
 STALE_ACTIVATIONS = Counter("vpp_dispatch_stale_activations_total", "Activation steps ignored as expired")
 LATE_STEPS = Counter("vpp_dispatch_late_steps_total", "Steps executed later than late_after_s after issue")
@@ -72,6 +74,8 @@ class Dispatcher:
         self.latest: dict[str, market_pb2.Activation] = {}  # newest step seen per activation
         self.issued_at: dict[tuple[str, int], float] = {}  # (activation, step) -> market issue time
         self.tracking = TrackingView(settings.keep_activations)
+        self.awards = AwardBook()
+        self.catalog = settings.catalog
         self.seq: dict[str, int] = {}  # per-site command sequence in this epoch
         self.last_command_s: dict[str, float] = {}  # per site, when it was last commanded
         self.command_runs: dict[str, tuple[str, ...]] = {}  # command_id -> activations it carried
@@ -124,6 +128,12 @@ class Dispatcher:
                 REALLOCATIONS.inc()
                 log.warning("site_dropped", activation_id=activation_id, site_id=ack.site_id, reason=ack.reason)
 
+    async def on_award(self, item: Consumed) -> None:
+        self.awards.on_award(item.env.award)
+
+    async def on_reservations(self, item: Consumed) -> None:
+        self.awards.on_reservations(item.env.reservation_set)
+
     async def on_lease(self, item: Consumed) -> None:
         was_leading = self.lease.leading
         self.lease.apply(item.env.dispatch_lease, time.monotonic())
@@ -173,6 +183,40 @@ class Dispatcher:
             for r in self.table.readings().values()
         ]
 
+    def _fleet_for(self, act: market_pb2.Activation, now_s: float) -> list[SiteNow]:
+        """The sites an activation may use: its portfolio's (the whole fleet for an activation of no
+        known portfolio), each without the capacity other awards hold there now."""
+        fleet = self._fleet(now_s)
+        portfolio = self.catalog.portfolios.get(act.portfolio_id)
+        if portfolio is not None:
+            members = set(portfolio.sites)
+            fleet = [s for s in fleet if s.site_id in members]
+        active = {r.award_id for r in self.runs.values() if r.award_id and not r.finished}
+        return without_held(fleet, self.awards.held_elsewhere(act.award_id, now_s, active))
+
+    async def _refuse(self, act: market_pb2.Activation, run: Run | None, reason: str) -> None:
+        """An activation step dispatch must not execute: nothing is commanded for it; the run state says
+        why (GetActivationTracking), and so do a metric and a log line. A run already going keeps the
+        offsets of its last executed step until the market sends a valid one."""
+        REFUSED.inc()
+        log.warning(
+            "activation_refused", activation_id=act.activation_id, step=act.step, award_id=act.award_id, reason=reason
+        )
+        state = (
+            self._run_state(run, act, False)
+            if run is not None
+            else dispatch_pb2.ActivationRun(
+                activation_id=act.activation_id,
+                product=act.product,
+                portfolio_id=act.portfolio_id,
+                finished=True,
+                leader_epoch=self.lease.epoch,
+            )
+        )
+        state.award_id = act.award_id
+        state.refused_reason = f"step {act.step}: {reason}"
+        await self._producer.settle([self._producer.publish(RUNS, act.activation_id, state)])
+
     async def _execute(self, act: market_pb2.Activation) -> None:
         """Plan one step, publish its commands and run state, and wait until the broker has them."""
         async with self._lock:
@@ -184,8 +228,12 @@ class Dispatcher:
             started = time.perf_counter()
             now_s = time.time()
             issued_s = _ts_s(act.issued_at)
+            refusal = self.awards.refusal(act, now_s)
+            if refusal:
+                await self._refuse(act, run, refusal)
+                return
             if run is None:
-                run = Run(act.activation_id, act.product, act.portfolio_id)
+                run = Run(act.activation_id, act.product, act.portfolio_id, award_id=act.award_id)
                 self.runs[act.activation_id] = run
                 self._bound()
                 log.info("activation_started", activation_id=act.activation_id, sites=len(self.table))
@@ -194,7 +242,7 @@ class Dispatcher:
                 run.step_period_s = max(0.5, (issued_s - last.issued_at_s) / max(1, act.step - last.step))
             others = control.totals_by_site(self.runs.values(), exclude=run.activation_id)
             decision = control.plan(
-                run, self._fleet(now_s), others, act.setpoint_kw, now_s, run.step_period_s, self.cfg
+                run, self._fleet_for(act, now_s), others, act.setpoint_kw, now_s, run.step_period_s, self.cfg
             )
             for site_id, reason in decision.dropped:
                 REALLOCATIONS.inc()
@@ -303,6 +351,7 @@ class Dispatcher:
             step_period_s=run.step_period_s,
             commands_total=self.commands_total.get(run.activation_id, 0),
             late=late,
+            award_id=run.award_id,
         )
         record = run.history.get(run.step)
         if record is not None:
@@ -327,7 +376,9 @@ class Dispatcher:
         """A standby follows the active replica's runs, so it can continue them on takeover."""
         run = self.runs.get(state.activation_id)
         if run is None:
-            run = self.runs[state.activation_id] = Run(state.activation_id, state.product, state.portfolio_id)
+            run = self.runs[state.activation_id] = Run(
+                state.activation_id, state.product, state.portfolio_id, award_id=state.award_id
+            )
             self._bound()
         if state.step < run.step:
             return
@@ -591,6 +642,10 @@ def build(app: ServiceApp, settings: DispatchSettings) -> DispatchServicer:
         tail_records=50,
         fetch_max_wait_ms=fast,
     )
+    # Awards and their reservations: small topics every replica reads from the start (which award an
+    # activation may draw on, and what other awards hold at each site).
+    app.add_consumer([AWARDS], dispatcher.on_award, name="awards", group=None, start_at="earliest")
+    app.add_consumer([RESERVATIONS], dispatcher.on_reservations, name="reservations", group=None, start_at="earliest")
     app.add_task(dispatcher.lease_loop, name="lease")
     app.add_task(dispatcher.close_loop, name="close-steps")
     app.on_stop(dispatcher.release)

@@ -3,10 +3,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from dispatch.control import ControlConfig
-from vpp_common.settings import ServiceSettings
+from vpp_common.settings import MarketCatalogSettings
 
 
-class DispatchSettings(ServiceSettings):
+class DispatchSettings(MarketCatalogSettings):
     service_name: str = "dispatch"
     # A site whose newest sample is older than this is offline (agents batch samples every 10 s at idle).
     stale_after_s: float = Field(default=15.0, gt=0, le=3600)

@@ -20,6 +20,7 @@ class RunView:
     acks: int = 0
     clamped: int = 0
     acked_commands: set[str] = field(default_factory=set)
+    refused_reason: str = ""  # the first refusal of any of its steps (kept when later states clear it)
 
     def mean_abs_error_kw(self) -> float:
         errors = [abs(s.error_kw) for s in self.samples.values() if s.error_kw == s.error_kw]
@@ -46,6 +47,8 @@ class TrackingView:
         run = self._run(state.activation_id)
         if run.latest_run is None or (state.step, state.leader_epoch) >= (run.latest_run.step, 0):
             run.latest_run = state
+        if state.refused_reason and not run.refused_reason:
+            run.refused_reason = state.refused_reason
         for site in state.sites:
             if site.dropped:
                 run.dropped.setdefault(site.site_id, site.drop_reason)
@@ -77,6 +80,9 @@ class TrackingView:
             reallocations=len(run.dropped),
             reallocated_sites=sorted(run.dropped),
         )
+        if run.latest_run is not None:
+            resp.award_id = run.latest_run.award_id
+            resp.refused_reason = run.refused_reason or run.latest_run.refused_reason
         steps = sorted(run.samples)
         if last_n:
             steps = steps[-last_n:]

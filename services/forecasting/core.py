@@ -7,7 +7,7 @@ Streams and how each is forecast:
   the background fit of a site stream is done, its fallback serves and every forecast says so
   (``Forecast.fallback_reason``).
 * NET of a site (load - pv): *sample-based*, from the site's PV and LOAD quantile sets coupled by a
-  Gaussian copula with correlation ``pv_load_error_corr`` (see ``combine.py``).
+  Gaussian copula with correlation ``pv_load_error_corr`` (see ``vpp_common.copula``).
 * The portfolio (empty site id): never a sum of quantiles. The per-site marginals are coupled by the
   same copula with inter-site error correlations ``pv_inter_site_error_corr`` (PV errors of nearby sites
   share the weather) and ``load_inter_site_error_corr``; quantiles are read off the summed samples.
@@ -35,7 +35,6 @@ import pandas as pd
 from vpp.v1 import forecasting_pb2
 
 from forecasting import metrics as m
-from forecasting.combine import GRID_QUANTILES, Marginal, combine, correlation_matrix
 from forecasting.live_error import LiveError
 from forecasting.mapping import LOAD, NET, PV, encoded_points, model_infos
 from forecasting.models.quantile_boosting import QUANTILE_GRID
@@ -51,6 +50,7 @@ from forecasting.selection import (
 from forecasting.settings import ForecastingSettings
 from forecasting.sites import SiteConfig
 from forecasting.store import SLOT, HistoryStore
+from vpp_common.copula import GRID_QUANTILES, Marginal, combine, correlation_matrix
 from vpp_common.logs import get_logger
 
 log = get_logger(__name__)

@@ -58,7 +58,7 @@ class ForecastingSettings(ServiceSettings):
     dedupe_window_s: float = Field(default=6 * 3600.0, ge=60.0, le=30 * 86_400.0)
 
     # Dependence assumed when quantile sets are combined by sampling (NET stream and the portfolio):
-    # correlation of the forecast errors in a Gaussian copula (see core.py, combine.py).
+    # correlation of the forecast errors in a Gaussian copula (see core.py, vpp_common/copula.py).
     pv_load_error_corr: float = Field(default=0.0, ge=-0.99, le=0.99)
     pv_inter_site_error_corr: float = Field(default=0.8, ge=0.0, le=0.99)
     load_inter_site_error_corr: float = Field(default=0.1, ge=0.0, le=0.99)

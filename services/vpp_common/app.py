@@ -274,7 +274,10 @@ def load_settings(settings_type: type[S]) -> S:
     except ValidationError as exc:
         prefix = settings_type.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            # a model-level check (no field) names its own fields in the message
+            (f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "")
+            + str(err["msg"]).removeprefix("Value error, ")
+            for err in exc.errors()
         )
         raise SystemExit(f"{settings_type.__name__}: invalid configuration: {problems}") from exc
 

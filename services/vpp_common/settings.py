@@ -7,9 +7,14 @@ the name operators already use for Apache Kafka; everything else is ``VPP_<NAME>
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from vpp_common.markets import Catalog
 
 
 class ServiceSettings(BaseSettings):
@@ -95,3 +100,27 @@ class ServiceSettings(BaseSettings):
     def source(self) -> str:
         """The Envelope ``source`` of records this process produces."""
         return f"{self.service_name}/{self.instance_id}"
+
+
+class MarketCatalogSettings(ServiceSettings):
+    """Services that work with markets and portfolios (bidding, market, dispatch): the data files are
+    loaded and cross-validated at start-up, so a bad file stops the process with the file and field
+    named (docs/markets.md)."""
+
+    markets_dir: Path | None = None  # one TOML per market; None: the shipped vpp_common/markets/data/markets
+    portfolios_file: Path | None = None  # None: the shipped vpp_common/markets/data/portfolios.toml
+    _catalog: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_catalog(self) -> MarketCatalogSettings:
+        from vpp_common.markets import MarketConfigError, load_catalog
+
+        try:
+            self._catalog = load_catalog(self.markets_dir, self.portfolios_file)
+        except MarketConfigError as exc:
+            raise ValueError(f"VPP_MARKETS_DIR/VPP_PORTFOLIOS_FILE: {exc}") from None
+        return self
+
+    @property
+    def catalog(self) -> Catalog:
+        return cast("Catalog", self._catalog)

@@ -49,6 +49,10 @@ TRACKING = Topic("vpp.dispatch.tracking.v1", "activation_id", "tracking", 1)
 ACTIVATIONS = Topic("vpp.market.activations.v1", "portfolio_id", "activation", 1)
 BIDS = Topic("vpp.market.bids.v1", "portfolio_id", "bid", 1)
 AWARDS = Topic("vpp.market.awards.v1", "portfolio_id", "award", 1)
+# Capacity an award holds per site (bidding -> dispatch, bidding's later offers) and the market's
+# settlement of delivered blocks (market -> bidding): docs/markets.md.
+RESERVATIONS = Topic("vpp.market.reservations.v1", "award_id", "reservation_set", 1)
+SETTLEMENTS = Topic("vpp.market.settlements.v1", "portfolio_id", "settlement", 1)
 FLEXIBILITY = Topic("vpp.flexibility.v1", "portfolio_id", "flexibility", 1)
 FORECASTS = Topic("vpp.forecasts.v1", "site_id", "forecast", 6)
 DEAD_LETTER = Topic("vpp.deadletter.v1", "original key", "(raw bytes + error headers)", 1)
@@ -64,6 +68,8 @@ ALL_TOPICS: tuple[Topic, ...] = (
     ACTIVATIONS,
     BIDS,
     AWARDS,
+    RESERVATIONS,
+    SETTLEMENTS,
     FLEXIBILITY,
     FORECASTS,
     DEAD_LETTER,

@@ -1,8 +1,10 @@
-"""``make demo``: the whole platform on real parts, one activation end to end, a readable summary.
+"""``make demo``: the whole platform on real parts, the market loop and an activation end to end.
 
 Starts Tansu, every service (dispatch as two replicas: one active, one hot standby) and five sites (a
-pymodbus device simulator and an edge agent each), asks aggregation for the portfolio's flexibility,
-bids it, lets the market simulator send an aFRR activation (+40 % of the up capability for 60 s, then
+pymodbus device simulator and an edge agent each), shows the portfolio's live flexibility, runs the
+market loop for both portfolios (``vpp_demo.market_loop``: forecast-based offers, bids before gate
+closure, auction, awards, reservations, a time-compressed delivery at the meters, settlement), then
+lets the market simulator send an operator's aFRR test activation (+40 % of the up capability for 60 s, then
 -30 % of the down capability for 40 s). Mid-activation a site's agent is killed (the site stops
 answering) and then the active dispatcher is killed with SIGKILL; the standby takes over. Prints
 requested vs delivered (at the meters) per 4 s step and writes ``out/demo/tracking.png``.
@@ -24,8 +26,6 @@ import grpc
 from vpp.v1 import (
     aggregation_pb2,
     aggregation_pb2_grpc,
-    bidding_pb2,
-    bidding_pb2_grpc,
     common_pb2,
     dispatch_api_pb2,
     dispatch_api_pb2_grpc,
@@ -37,6 +37,7 @@ from vpp.v1 import (
     market_api_pb2_grpc,
 )
 
+from vpp_demo.market_loop import plot_settlements, run_market_loop
 from vpp_demo.plots import plot_forecasts, plot_tracking
 from vpp_demo.stack import Stack, retry_warming
 from vpp_demo.telemetry_tap import TelemetryTap
@@ -73,15 +74,10 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         say(f"{'portfolio':<12}{flex.sites_online:>5}/{flex.sites_total}{'':>33}{flex.up_kw:>9.1f}{flex.down_kw:>9.1f}")
         say(f"Gateway holds {len(connected.sites)} site streams.\n")
 
-        bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
-        bids = retry_warming(
-            lambda: bidding.BuildBids(
-                bidding_pb2.BuildBidsRequest(product="aFRR", capacity_price_eur_per_mw=12.0, publish=True), timeout=10
-            )
-        )
-        for b in bids.bids:
-            d = "up" if b.direction == common_pb2.DIRECTION_UP else "down"
-            say(f"Bid {b.bid_id}: aFRR {d:<4} {b.capacity_kw:7.1f} kW at {b.capacity_price_eur_per_mw:.0f} EUR/MW")
+        say("The market loop, for both portfolios (products and portfolios: vpp_common/markets/data)")
+        runs = run_market_loop(stack, say)
+        settlement_png = plot_settlements(runs, out_dir / "settlement.png")
+        say("\nNow an operator's aFRR test activation on the whole fleet, with a site failing and a dispatcher killed.")
 
         market = market_api_pb2_grpc.MarketSimulatorStub(stack.channel("market"))
         start = market.StartActivation(
@@ -171,6 +167,20 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         "max_abs_error_kw_after_kill": round(max((abs(s.error_kw) for s in closed if s.leader_epoch > min(
             s2.leader_epoch for s2 in closed)), default=0.0), 3) if closed else None,
         "wall_time_s": round(time.monotonic() - started, 1),
+        "settlements": {
+            pid: {
+                "product": r.delivered_product,
+                "currency": r.currency,
+                "awarded_kw": round(sum(a.awarded_kw for a in r.awards), 3),
+                "net_revenue": round(r.settlement.net_revenue, 4) if r.settlement else None,
+                "penalties": round(r.settlement.penalties, 4) if r.settlement else None,
+                "under_delivered_mtus": sum(1 for line in r.settlement.lines if line.under_delivered)
+                if r.settlement
+                else None,
+                "mtus": len(r.settlement.lines) if r.settlement else 0,
+            }
+            for pid, r in runs.items()
+        },
     }
     png = plot_tracking(
         closed, series, out_dir / "tracking.png", title=f"aFRR activation {tracking.activation_id}", events=events
@@ -204,6 +214,8 @@ def run(out_dir: Path, up_s: int, down_s: int) -> dict[str, object]:
         f"largest |error| after the kill {summary['max_abs_error_kw_after_kill']} kW"
     )
     say(f"  plot:                          {png}")
+    if settlement_png is not None:
+        say(f"  settlement plot:               {settlement_png}")
     if forecast_png is not None:
         say(f"  forecast plot:                 {forecast_png}")
     say(f"  summary:                       {out_dir / 'summary.json'}")

@@ -38,9 +38,9 @@ def main() -> None:
                 "VPP_LOAD_SITE_IDS": ",".join(s.site_id for s in stack.sites),
             }
         )
-        print("warming up: bidding needs a flexibility record, forecasting its first models", file=sys.stderr)
+        print("warming up: bidding needs live site state and forecasts", file=sys.stderr)
         bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
-        retry_warming(lambda: bidding.BuildBids(bidding_pb2.BuildBidsRequest(product="aFRR"), timeout=10), 60)
+        retry_warming(lambda: bidding.BuildBids(bidding_pb2.BuildBidsRequest(portfolio_id="eu-north"), timeout=30), 60)
         if "forecasting" in stack.ports:
             env["VPP_LOAD_FORECASTING"] = stack.target("forecasting")
             forecasting = forecasting_pb2_grpc.ForecastingServiceStub(stack.channel("forecasting"))

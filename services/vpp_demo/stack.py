@@ -250,8 +250,12 @@ class Stack:
         )
         if name == "gateway":
             env["VPP_GATEWAY_SITE_TOKEN_SECRET"] = DEMO_SECRET
-        if name == "market" and "aggregation" in self.ports:
+        if name in ("market", "bidding") and "aggregation" in self.ports:
             env["VPP_AGGREGATION_TARGET"] = self.target("aggregation")
+        if name == "bidding":
+            env["VPP_STORE_URL"] = f"sqlite:///{self.workdir / 'market-store.sqlite'}"
+            if "forecasting" in self.ports:
+                env["VPP_FORECASTING_TARGET"] = self.target("forecasting")
         if name == "forecasting":
             env["VPP_SITES_FILE"] = str(self.workdir / "sites.json")
             env["VPP_STORE_URL"] = f"sqlite:///{self.workdir / 'forecast-store.sqlite'}"

@@ -332,10 +332,11 @@ def test_ha_gateway_network_policies_and_monitors(rendered: dict[str, list[Doc]]
     policies = {component_of(p): p for p in of_kind(docs, "NetworkPolicy")}
     grpc_rule, metrics_rule = policies["aggregation"]["spec"]["ingress"]
     assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
-    # Aggregation replicas call each other (a site query goes to the owner of its partition); the
-    # market simulator, its other in-platform caller, is disabled, so it is not let in.
+    # Aggregation replicas call each other (a site query goes to the owner of its partition) and bidding
+    # reads site state; the market simulator, its other in-platform caller, is disabled, so it is not let in.
     assert grpc_rule["from"] == [
         {"podSelector": {"matchLabels": selector("aggregation")}},
+        {"podSelector": {"matchLabels": selector("bidding")}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vpp-ops"}}},
     ]
     assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
@@ -345,13 +346,17 @@ def test_ha_gateway_network_policies_and_monitors(rendered: dict[str, list[Doc]]
     # Edge agents reach the gateway from outside: gRPC from anywhere, nothing else.
     gateway_grpc = policies["gateway"]["spec"]["ingress"][0]
     assert gateway_grpc == {"ports": [{"port": "grpc", "protocol": "TCP"}]}
-    # Nobody in the platform calls dispatch, bidding or forecasting over gRPC (dispatch reads
-    # aggregation's partials from Kafka): operators' tools only.
-    for name in ("dispatch", "bidding", "forecasting"):
+    # Nobody in the platform calls dispatch or bidding over gRPC (dispatch reads aggregation's partials
+    # from Kafka): operators' tools only. Forecasting is called by bidding (the offers' quantiles).
+    for name in ("dispatch", "bidding"):
         grpc_rule = policies[name]["spec"]["ingress"][0]
         assert grpc_rule["from"] == [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vpp-ops"}}}
         ], name
+    assert policies["forecasting"]["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": selector("bidding")}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vpp-ops"}}},
+    ]
 
 
 def selector(component: str) -> dict[str, str]:
@@ -369,10 +374,14 @@ def test_network_policy_lets_in_enabled_callers_only(charts: dict[Path, helm.Cha
     grpc_rule = policies["aggregation"]["spec"]["ingress"][0]
     assert grpc_rule["from"] == [
         {"podSelector": {"matchLabels": selector("aggregation")}},
+        {"podSelector": {"matchLabels": selector("bidding")}},
         {"podSelector": {"matchLabels": selector("market")}},
     ]
+    assert policies["forecasting"]["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": selector("bidding")}}
+    ]
     # No caller at all: the gRPC port is closed, only metrics stay open.
-    for name in ("dispatch", "bidding", "forecasting", "market"):
+    for name in ("dispatch", "bidding", "market"):
         assert [rule["ports"][0]["port"] for rule in policies[name]["spec"]["ingress"]] == ["metrics"], name
 
 
@@ -389,6 +398,11 @@ def test_service_specific_env(rendered: dict[str, list[Doc]]) -> None:
     assert env_of("vpp:ci/demo-values.yaml", "market")["VPP_AGGREGATION_TARGET"]["value"] == (
         f"{RELEASE}-aggregation:{GRPC_PORT}"
     )
+    # Bidding reads site state and forecasts, and keeps its market store in PostgreSQL in production.
+    bidding = env_of("vpp:values.yaml", "bidding")
+    assert bidding["VPP_FORECASTING_TARGET"]["value"] == f"{RELEASE}-forecasting:{GRPC_PORT}"
+    assert bidding["VPP_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vpp-bidding-store", "key": "url"}
+    assert env_of("vpp:ci/demo-values.yaml", "bidding")["VPP_STORE_URL"]["value"].startswith("sqlite:////tmp/")
 
 
 @pytest.mark.parametrize("disabled", COMPONENTS)

@@ -18,18 +18,24 @@ from confluent_kafka.admin import AdminClient
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 from vpp.v1 import (
+    bidding_pb2,
+    bidding_pb2_grpc,
+    common_pb2,
     dispatch_api_pb2,
     dispatch_api_pb2_grpc,
     dispatch_pb2,
     envelope_pb2,
     market_api_pb2,
     market_api_pb2_grpc,
+    market_pb2,
 )
 
-from kafka_helpers import ack_records, send_commands
+from kafka_helpers import ack_records, producer, send_commands
+from vpp_common.envelope import wrap
 from vpp_common.partitioning import site_partition
-from vpp_common.topics import COMMANDS, TELEMETRY
-from vpp_demo.stack import Stack
+from vpp_common.topics import ACTIVATIONS, COMMANDS, TELEMETRY
+from vpp_demo.market_loop import run_market_loop
+from vpp_demo.stack import Stack, retry_warming
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +69,8 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
         market_api_pb2.StartActivationRequest(
             step_s=4,
             phases=[
-                market_api_pb2.ActivationPhase(fraction=0.4, duration_s=20),
-                market_api_pb2.ActivationPhase(fraction=-0.3, duration_s=20),
+                market_api_pb2.ActivationPhase(fraction=0.4, duration_s=28),
+                market_api_pb2.ActivationPhase(fraction=-0.3, duration_s=28),
             ],
         ),
         timeout=10,
@@ -73,7 +79,7 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
     dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
     # Exactly one dispatch replica holds the lease and acts; the other is a hot standby.
     assert summed(stack, "dispatch", "vpp_dispatch_leader") == 1
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     tracking = None
     while time.monotonic() < deadline:
         time.sleep(1)
@@ -83,26 +89,27 @@ def test_activation_is_split_written_over_modbus_and_tracked(stack: Stack) -> No
             )
         except grpc.RpcError:
             continue
-        if len(tracking.samples) == 10 and all(s.delivered_kw == s.delivered_kw for s in tracking.samples):
+        if len(tracking.samples) == 14 and all(s.delivered_kw == s.delivered_kw for s in tracking.samples):
             break
-    assert tracking is not None and len(tracking.samples) == 10
+    assert tracking is not None and len(tracking.samples) == 14
     n_sites = len(stack.sites)
     time.sleep(2)  # the last commands' acks
     tracking = dispatch.GetActivationTracking(
         dispatch_api_pb2.GetActivationTrackingRequest(activation_id=start.activation_id), timeout=5
     )
     # Offsets are re-sent only when they change by more than the deadband (or are due a refresh).
-    assert n_sites <= tracking.commands_sent <= 10 * n_sites
+    assert n_sites <= tracking.commands_sent <= 14 * n_sites
     assert tracking.acks_received == tracking.commands_sent  # every command reached its device and came back
     assert tracking.median_activation_to_write_ms > 0
     up = [s for s in tracking.samples if s.requested_kw > 0]
     down = [s for s in tracking.samples if s.requested_kw < 0]
-    assert len(up) == 5 and len(down) == 5
+    assert len(up) == 7 and len(down) == 7
     assert up[0].requested_kw == pytest.approx(0.4 * start.up_capability_kw)
     # farm-01's inverter delivers 60 % of its rating (the registers do not say so). Whenever its
     # share needs more, dispatch measures it short at a step end (at the meter, against the site's own
-    # baseline) and moves the share to the others; no healthy site is ever blamed, and the last steps of
-    # each phase track within 5 %.
+    # baseline) and moves the share to the others; no healthy site is ever blamed, and the last two of
+    # each phase's seven steps track within 5 % (the others' ramps and the integral take a few steps
+    # after a drop: on a loaded 2-core machine, two steps were not always enough).
     assert set(tracking.reallocated_sites) <= {"farm-01"}
     for phase in (up, down):
         for s in phase[-2:]:
@@ -232,3 +239,88 @@ def test_mbpoll_reads_the_sunspec_marker(stack: Stack) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "0x5375" in out.stdout and "0x6E53" in out.stdout.upper().replace("0X", "0x")
+
+
+def test_market_loop_offers_bids_awards_reserves_delivers_and_settles(stack: Stack) -> None:
+    """Both portfolios, two markets: offers from forecasts, bids before gate closure, an auction, awards
+    held as reservations, a time-compressed delivery at the meters, and a settlement that survives a
+    restart of the bidding service (the store)."""
+    runs = run_market_loop(stack, lambda _m: None, duration_s=32)
+    assert set(runs) == {"eu-north", "jp-kanto"}
+    for run in runs.values():
+        assert run.offers and all(o.offer_kw >= 0 and o.offer_kw <= o.p50_kw + 1e-6 for o in run.offers)
+        assert run.bids, f"{run.portfolio_id}: no bid"
+        assert all(b.gate_closure.seconds > b.interval_start.seconds - 48 * 3600 for b in run.bids)
+    jp = runs["jp-kanto"]
+    won = [a for a in jp.awards if a.awarded_kw > 0]
+    assert won, "the Japanese portfolio bids at its opportunity cost: below the competing supply"
+    assert sum(r.reserved_kw for r in jp.reservations) == pytest.approx(sum(a.awarded_kw for a in won))
+    assert {r.site_id for r in jp.reservations} <= {"school-01", "factory-01"}
+    for run in runs.values():
+        if run.settlement is None:
+            continue
+        for line in run.settlement.lines:
+            assert line.penalty >= 0
+            assert line.net_revenue == pytest.approx(line.capacity_revenue + line.energy_revenue - line.penalty)
+            assert sum(s.revenue for s in line.site_shares) == pytest.approx(line.net_revenue, abs=1e-9)
+    assert jp.settlement is not None and jp.settlement.lines
+    # Durable: the bidding service restarts and answers the same awards and settlement from its store.
+    stack.stop_proc("bidding")
+    stack.start_replica("bidding", 0)
+    bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
+    awards = retry_warming(
+        lambda: bidding.ListAwards(bidding_pb2.ListAwardsRequest(portfolio_id="jp-kanto"), timeout=10), 60
+    )
+    assert {a.award_id for a in won} <= {a.award_id for a in awards.awards}
+    again = bidding.GetSettlement(bidding_pb2.GetSettlementRequest(portfolio_id="jp-kanto"), timeout=10)
+    assert again.net_revenue == pytest.approx(jp.settlement.net_revenue)
+
+
+def test_an_activation_larger_than_its_award_is_refused_with_a_reason(stack: Stack) -> None:
+    """Dispatch delivers against awards: too large, the wrong way or an unknown award is refused, counted
+    and explained in the activation's tracking; nothing is commanded for it."""
+    bidding = bidding_pb2_grpc.BiddingServiceStub(stack.channel("bidding"))
+    awards = bidding.ListAwards(bidding_pb2.ListAwardsRequest(portfolio_id="jp-kanto"), timeout=10).awards
+    award = next((a for a in awards if a.awarded_kw > 0), None)
+    assert award is not None, "runs after the market-loop test, which wins an award"
+    before = summed(stack, "dispatch", "vpp_dispatch_activations_refused_total")
+    cases = {
+        "exceeds award": (award.award_id, -(award.awarded_kw * 1.5 + 1)),
+        "up setpoint": (award.award_id, 1.0)
+        if award.direction == common_pb2.DIRECTION_DOWN
+        else (award.award_id, -1.0),
+        "unknown award": ("awd-never-awarded", -1.0),
+    }
+    prod = producer(stack.bootstrap_servers)
+    ids = {}
+    for reason, (award_id, setpoint_kw) in cases.items():
+        act = market_pb2.Activation(
+            activation_id=f"act-refuse-{time.time_ns()}",
+            step=1,
+            product=award.product,
+            setpoint_kw=setpoint_kw,
+            award_id=award_id,
+            portfolio_id=award.portfolio_id,
+        )
+        act.issued_at.GetCurrentTime()
+        act.valid_until.FromNanoseconds(act.issued_at.ToNanoseconds() + 8 * 10**9)
+        act.block_time.CopyFrom(award.interval_start)
+        prod.send(ACTIVATIONS.name, key=b"test", value=wrap(act, source="test").SerializeToString()).get(10)
+        ids[reason] = act.activation_id
+    dispatch = dispatch_api_pb2_grpc.DispatchServiceStub(stack.channel("dispatch"))
+    for reason, activation_id in ids.items():
+        deadline = time.monotonic() + 20
+        tracking = None
+        while time.monotonic() < deadline:
+            try:
+                tracking = dispatch.GetActivationTracking(
+                    dispatch_api_pb2.GetActivationTrackingRequest(activation_id=activation_id), timeout=5
+                )
+                if tracking.refused_reason:
+                    break
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+        assert tracking is not None and reason in tracking.refused_reason, (reason, tracking)
+        assert tracking.commands_sent == 0
+    assert summed(stack, "dispatch", "vpp_dispatch_activations_refused_total") >= before + len(cases)

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SITE_A, SITE_B, write_sites
-from forecasting.combine import Marginal, combine, correlation_matrix
 from forecasting.seed import main as seed_main
 from forecasting.seed import shifted_window, site_frames, week_shift
 from forecasting.sites import SitesFileError, load_sites
 from forecasting.store import SLOT, HistoryStore
+from vpp_common.copula import Marginal, combine, correlation_matrix
 
 # -- sites file ---------------------------------------------------------------------------------------
 

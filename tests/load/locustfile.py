@@ -22,14 +22,12 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from gevent import monkey
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from locust import User, between, events, tag, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -192,13 +190,6 @@ def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
-def _next_quarter_hour(now: datetime) -> Timestamp:
-    start = now.replace(second=0, microsecond=0) + timedelta(minutes=15 - now.minute % 15)
-    stamp = Timestamp()
-    stamp.FromDatetime(start)
-    return stamp
-
-
 class VppApiUser(User):
     """Reads the platform's query APIs the way dashboards and the bidding desk do."""
 
@@ -293,10 +284,7 @@ class VppApiUser(User):
     def build_bids(self) -> None:
         assert self.bidding is not None
         request = bidding_pb2.BuildBidsRequest(
-            product=random.choice(["aFRR", "mFRR"]),
-            interval_start=_next_quarter_hour(datetime.now(UTC)),
-            interval_minutes=15,
-            capacity_price_eur_per_mw=round(random.uniform(2.0, 20.0), 2),
+            portfolio_id=random.choice(["eu-north", "jp-kanto"]),
             publish=False,  # never reaches the market
         )
         self._call(self.bidding.BuildBids, request)
@@ -305,14 +293,9 @@ class VppApiUser(User):
     @needs("bidding")
     @task(1)
     def build_bids_rejected(self) -> None:
-        """A negative capacity price must be refused with INVALID_ARGUMENT, reported on its own line."""
+        """An unknown portfolio must be refused with INVALID_ARGUMENT, reported on its own line."""
         assert self.bidding is not None
-        request = bidding_pb2.BuildBidsRequest(
-            product="aFRR",
-            interval_start=_next_quarter_hour(datetime.now(UTC)),
-            capacity_price_eur_per_mw=-1.0,
-            publish=False,
-        )
+        request = bidding_pb2.BuildBidsRequest(portfolio_id="no-such-portfolio", publish=False)
         options = call_options(
             "/vpp.v1.BiddingService/BuildBids [INVALID_ARGUMENT]", [grpc.StatusCode.INVALID_ARGUMENT]
         )

@@ -87,19 +87,35 @@ def test_invalid_arguments_name_the_field(stack: Stack) -> None:
         ).startswith("activation_id:")
     with stack.channel("bidding") as ch:
         stub_b = bidding_pb2_grpc.BiddingServiceStub(ch)
-        assert invalid(
-            stub_b.BuildBids, bidding_pb2.BuildBidsRequest(capacity_price_eur_per_mw=-1)
-        ).startswith("capacity_price_eur_per_mw:")
-        assert invalid(stub_b.BuildBids, bidding_pb2.BuildBidsRequest(interval_minutes=7)).startswith(
-            "interval_minutes:"
+        assert invalid(stub_b.BuildBids, bidding_pb2.BuildBidsRequest()).startswith("portfolio_id:")
+        assert invalid(stub_b.BuildBids, bidding_pb2.BuildBidsRequest(portfolio_id="nope")).startswith(
+            "portfolio_id:"
         )
-        assert invalid(stub_b.BuildBids, bidding_pb2.BuildBidsRequest(product="FCR")).startswith("product:")
-        far = bidding_pb2.BuildBidsRequest()
+        assert invalid(
+            stub_b.BuildBids, bidding_pb2.BuildBidsRequest(portfolio_id="eu-north", product="SR2")
+        ).startswith("product:")  # a Japanese product is not bid by the European portfolio
+        far = bidding_pb2.BuildBidsRequest(portfolio_id="eu-north")
         far.interval_start.seconds = 10**13  # past 9999-12-31: converting it used to answer UNKNOWN
         assert invalid(stub_b.BuildBids, far).startswith("interval_start:")
-        bad_nanos = bidding_pb2.BuildBidsRequest()
+        bad_nanos = bidding_pb2.BuildBidsRequest(portfolio_id="eu-north")
         bad_nanos.interval_start.nanos = -5
         assert invalid(stub_b.BuildBids, bad_nanos).startswith("interval_start:")
+        past = bidding_pb2.BuildBidsRequest(portfolio_id="eu-north")
+        past.interval_start.seconds = 1_000_000_000
+        assert invalid(stub_b.BuildBids, past).startswith("interval_start:")
+        assert invalid(
+            stub_b.GetOffers, bidding_pb2.GetOffersRequest(portfolio_id="jp-kanto", confidence=0.3)
+        ).startswith("confidence:")
+        assert invalid(
+            stub_b.GetOffers, bidding_pb2.GetOffersRequest(portfolio_id="jp-kanto", horizon_h=100)
+        ).startswith("horizon_h:")
+        assert invalid(stub_b.ListAwards, bidding_pb2.ListAwardsRequest()).startswith("portfolio_id:")
+        assert invalid(stub_b.ListReservations, bidding_pb2.ListReservationsRequest(portfolio_id="x")).startswith(
+            "portfolio_id:"
+        )
+        backwards = bidding_pb2.GetSettlementRequest(portfolio_id="eu-north")
+        backwards.period_start.seconds, backwards.period_end.seconds = 2_000_000_000, 1_900_000_000
+        assert invalid(stub_b.GetSettlement, backwards).startswith("period_end:")
     with stack.channel("market") as ch:
         stub_m = market_api_pb2_grpc.MarketSimulatorStub(ch)
         assert invalid(stub_m.StartActivation, market_api_pb2.StartActivationRequest()).startswith("phases:")
@@ -107,6 +123,16 @@ def test_invalid_arguments_name_the_field(stack: Stack) -> None:
             phases=[market_api_pb2.ActivationPhase(fraction=2.0, duration_s=10)]
         )
         assert invalid(stub_m.StartActivation, bad_phase).startswith("phases.0.fraction:")
+        unknown_award = market_api_pb2.StartActivationRequest(
+            award_id="awd-nope", phases=[market_api_pb2.ActivationPhase(fraction=0.5, duration_s=8)]
+        )
+        assert invalid(stub_m.StartActivation, unknown_award).startswith("award_id:")
+        assert invalid(stub_m.ClearAuction, market_api_pb2.ClearAuctionRequest()).startswith("market_id:")
+        block = market_api_pb2.ClearAuctionRequest(market_id="entsoe", product="SR2")
+        block.interval_start.seconds = 2_000_000_000
+        assert invalid(stub_m.ClearAuction, block).startswith("product:")
+        no_block = market_api_pb2.DeliverBlockRequest(market_id="entsoe", product="FCR")
+        assert invalid(stub_m.DeliverBlock, no_block).startswith("interval_start:")
 
 
 def unary_methods(channel: grpc.Channel, service: str) -> list[str]:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, envelope_pb2, market_pb2, telemetry_pb2
+from vpp.v1 import aggregation_pb2, aggregation_pb2_grpc, common_pb2, envelope_pb2, market_pb2, telemetry_pb2
 
 from kafka_helpers import producer, send_telemetry
 from kafka_proxy import KafkaFaultProxy
@@ -106,7 +106,19 @@ def test_failed_produce_is_not_committed_and_the_record_is_processed_after_resta
             "the market's bid consumer to own its partition",
         )
         proxy.break_produces_of("market/")  # the market's award can no longer be written
-        bid = market_pb2.Bid(bid_id="bid-under-fault", product="aFRR", capacity_kw=5, capacity_price_eur_per_mw=1)
+        # A valid bid for a block whose gate closed long ago: the market answers it at once with a rejection.
+        bid = market_pb2.Bid(
+            bid_id="bid-under-fault",
+            product="aFRR",
+            direction=common_pb2.DIRECTION_UP,
+            capacity_kw=5,
+            capacity_price_per_mw_h=1,
+            portfolio_id="eu-north",
+            market_id="entsoe",
+            currency="EUR",
+        )
+        bid.interval_start.FromSeconds(1_767_222_000)  # 2026-01-01 00:00 Berlin: an aFRR block start
+        bid.interval_end.FromSeconds(1_767_222_000 + 4 * 3600)
         meta = producer(bootstrap).send(BIDS.name, value=wrap(bid, source="test").SerializeToString()).get(10)
 
         # The award's produce fails for good (4 s): the consumer dies, health turns NOT_SERVING, the

@@ -244,3 +244,27 @@ def test_many_sites_late_at_once_are_not_dropped_and_a_late_ack_readmits() -> No
     assert [s for s, _ in decision.dropped] == ["s0"]
     control.on_ack(run, "s0", dispatch_pb2.ACK_STATUS_APPLIED, "", 0.0, CFG)  # it answers after all
     assert run.sites["s0"].dropped == ""
+
+
+def test_a_capped_site_re_trimmed_every_step_is_still_judged_and_dropped() -> None:
+    """The integral trims a short site's command every step; each trim must not restart the time it has
+    had to settle, or a site read early in every step (3 s after its trim) is never judged."""
+    run = Run("act")
+    sites = fleet(2)
+    previous: StepRecord | None = None
+    for k in range(4):
+        now_s = 100.0 + 4 * k
+        target_kw = 10.0 + 0.3 * k  # a trim per step, well above the deadband, well below a move
+        _, record = step(run, sites, target_kw, now_s)
+        record.commanded_at_s = {s: run.sites[s].commanded_at_s for s in record.offsets_kw}
+        ack_all(run)
+        readings = measured(record, now_s + 3.0, {"s0": 0.4})  # capped at 40 %, read 3 s after each trim
+        # its first response looked slow (a cap reads as a lag): judged only 3.5 s after a real move
+        responses = {"s0": 2.5} if k == 0 else None
+        control.close(run, record, readings, now_s + 4.0, CFG, responses, previous=previous)
+        previous = record
+        if run.sites["s0"].dropped:
+            break
+    assert run.sites["s0"].dropped.startswith("short"), "judged once it had settled since its last real move"
+    assert k == 1  # not at the first step (3 s after a real move is not settled), but at the next
+    assert run.sites["s1"].dropped == ""

@@ -1,4 +1,4 @@
-"""Combine quantile forecasts of several quantities into quantiles of their sum, by sampling.
+"""Joint samples of several quantile forecasts, and quantiles of their sum, by sampling.
 
 Quantiles are not additive: the P10 of ``load - pv`` is not ``P10(load) - P90(pv)``, nor anything else
 read off the two quantile sets alone; it depends on how the two forecast errors move together. So each
@@ -9,6 +9,11 @@ assumption, and the wanted quantiles are read off the weighted sum of the joint 
 
 Correlation 0 means independent errors; 1 means comonotone errors (the only case where summing
 quantiles would be right). The random stream is seeded, so the same inputs give the same forecast.
+
+One uniform per marginal and sample serves every slot of the horizon: within a sample a forecast's
+error sits at the same quantile all day (errors persist over hours, as weather does). The forecasting
+service sums the samples into net and portfolio quantiles (``combine``); bidding runs each sample's
+battery path through the hours to size offers that hold with a stated probability (``joint_samples``).
 """
 
 from __future__ import annotations
@@ -57,6 +62,40 @@ def _nearest_psd(corr: np.ndarray) -> np.ndarray:
     return fixed / np.outer(d, d)
 
 
+def joint_samples(
+    marginals: Sequence[Marginal],
+    corr: np.ndarray,
+    *,
+    n_samples: int = 2000,
+    seed: int = 20240601,
+) -> np.ndarray:
+    """Samples of every marginal under a Gaussian copula with correlation ``corr``: an array
+    (marginals, slots, samples). All marginals must share the same slot index."""
+    if not marginals:
+        raise ValueError("nothing to sample")
+    index = marginals[0].quantiles.index
+    rng = np.random.default_rng(seed)
+    try:
+        chol = np.linalg.cholesky(corr)
+    except np.linalg.LinAlgError:  # a user-chosen mix that is not positive definite
+        chol = np.linalg.cholesky(_nearest_psd(corr))
+    z = rng.standard_normal((n_samples, len(marginals))) @ chol.T
+    u = ndtr(z)  # (samples, marginals) uniforms with the wanted dependence
+    out = np.empty((len(marginals), len(index), n_samples))
+    for k, m in enumerate(marginals):
+        if not m.quantiles.index.equals(index):
+            raise ValueError("marginals must share one slot index")
+        levels = np.asarray(m.quantiles.columns, dtype=float)
+        order = np.argsort(levels)
+        levels = levels[order]
+        values = np.sort(m.quantiles.to_numpy(dtype=float)[:, order], axis=1)  # repair any crossing
+        # np.interp for every slot at once (the same uniforms serve every slot): flat beyond the ends.
+        at = np.clip(np.searchsorted(levels, u[:, k], side="right") - 1, 0, len(levels) - 2)
+        w = np.clip((u[:, k] - levels[at]) / (levels[at + 1] - levels[at]), 0.0, 1.0)
+        out[k] = values[:, at] * (1.0 - w) + values[:, at + 1] * w
+    return out
+
+
 def combine(
     marginals: Sequence[Marginal],
     corr: np.ndarray,
@@ -72,27 +111,10 @@ def combine(
     a sum of PV powers). Returns rows = slots, columns = ``quantiles``."""
     if not marginals:
         raise ValueError("nothing to combine")
-    index = marginals[0].quantiles.index
-    rng = np.random.default_rng(seed)
-    try:
-        chol = np.linalg.cholesky(corr)
-    except np.linalg.LinAlgError:  # a user-chosen mix that is not positive definite
-        chol = np.linalg.cholesky(_nearest_psd(corr))
-    z = rng.standard_normal((n_samples, len(marginals))) @ chol.T
-    u = ndtr(z)  # (samples, marginals) uniforms with the wanted dependence
-    total = np.zeros((len(index), n_samples))
-    for k, m in enumerate(marginals):
-        if not m.quantiles.index.equals(index):
-            raise ValueError("marginals must share one slot index")
-        levels = np.asarray(m.quantiles.columns, dtype=float)
-        order = np.argsort(levels)
-        levels = levels[order]
-        values = np.sort(m.quantiles.to_numpy(dtype=float)[:, order], axis=1)  # repair any crossing
-        # np.interp for every slot at once (the same uniforms serve every slot): flat beyond the ends.
-        at = np.clip(np.searchsorted(levels, u[:, k], side="right") - 1, 0, len(levels) - 2)
-        w = np.clip((u[:, k] - levels[at]) / (levels[at + 1] - levels[at]), 0.0, 1.0)
-        total += m.weight * (values[:, at] * (1.0 - w) + values[:, at + 1] * w)
+    samples = joint_samples(marginals, corr, n_samples=n_samples, seed=seed)
+    weights = np.asarray([m.weight for m in marginals], dtype=float)
+    total = np.einsum("k,kts->ts", weights, samples)
     out = np.quantile(total, np.asarray(quantiles, dtype=float), axis=1).T
     if lower_kw is not None:
         out = np.maximum(out, lower_kw)
-    return pd.DataFrame(out, index=index, columns=list(quantiles))
+    return pd.DataFrame(out, index=marginals[0].quantiles.index, columns=list(quantiles))
