@@ -20,7 +20,10 @@ Germany's, not Japan's; only the level is converted.
 from __future__ import annotations
 
 import importlib.util
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -151,3 +154,35 @@ def bid_price_per_mw_h(opportunity_cost: float, margin_pct: float, floor: float)
     if margin_pct < 0:
         raise ValueError("margin_pct must be >= 0")
     return max(floor, max(0.0, opportunity_cost) * (1.0 + margin_pct / 100.0))
+
+
+def expected_clearing_price(
+    history: Sequence[tuple[int, float]], *, hour: int, window: int = 7
+) -> float | None:
+    """The clearing price an auction is expected to reach: the median of the last ``window`` clearing
+    prices seen for the same product and direction at the same hour of day (``history``: (hour of day
+    in the market's zone, price) oldest first). None without history. Auctions repeat daily with a
+    strong daily shape, so the same hour is the natural reference; a proper price forecast would do
+    better (not built)."""
+    same = [price for h, price in history if h == hour and math.isfinite(price)][-window:]
+    if not same:
+        return None
+    return float(np.median(same))
+
+
+def bid_price_rule(
+    opportunity_cost: float,
+    margin_pct: float,
+    *,
+    pricing: Literal["pay_as_bid", "pay_as_cleared"],
+    expected_clearing: float | None,
+    shade: float = 0.95,
+) -> float:
+    """The capacity price to bid. Pay-as-cleared: the cost plus margin (bidding one's true cost is what
+    wins there: the price paid is the marginal one, whatever one bids). Pay-as-bid: the price paid is
+    the bid, so bidding at cost gives the surplus away; bid just under the expected clearing price
+    (``shade`` of it, so a small miss in the expectation still clears), never under cost plus margin."""
+    floor = bid_price_per_mw_h(opportunity_cost, margin_pct, 0.0)
+    if pricing == "pay_as_bid" and expected_clearing is not None:
+        return max(floor, shade * expected_clearing)
+    return floor

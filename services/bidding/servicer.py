@@ -27,7 +27,12 @@ from bidding import inputs, planner
 from bidding.bids import Priced, build_bids, direction_name, gate_closure_s
 from bidding.market_adapter import MarketAdapter
 from bidding.offers import OfferLine
-from bidding.pricing import bid_price_per_mw_h, capacity_opportunity_cost_per_mw_h, day_ahead_prices
+from bidding.pricing import (
+    bid_price_rule,
+    capacity_opportunity_cost_per_mw_h,
+    day_ahead_prices,
+    expected_clearing_price,
+)
 from bidding.reservations import reserve, with_site_shares
 from bidding.settings import BiddingSettings
 from bidding.store import MarketStore
@@ -170,10 +175,20 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
                 )
             return plan
 
-    def _price(self, portfolio: Portfolio) -> Callable[[Product, OfferLine], Priced]:
+    def _price(
+        self, portfolio: Portfolio, awards: Sequence[market_pb2.Award]
+    ) -> Callable[[Product, OfferLine], Priced]:
+        """The price rule of ``bidding.pricing.bid_price_rule``, with the clearing prices of the
+        portfolio's past auctions (``awards``) as the expectation in pay-as-bid products."""
         prices = self._prices[portfolio.currency]
         year = self._settings.price_year
         round_trip = self._settings.battery_efficiency**2
+        tz = self._catalog.market(portfolio.market_id).tz
+        history: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for a in sorted(awards, key=lambda a: a.interval_start.seconds):
+            if a.clearing_price_per_mw_h > 0:
+                hour = datetime.fromtimestamp(a.interval_start.seconds, UTC).astimezone(tz).hour
+                history.setdefault((a.product, int(a.direction)), []).append((hour, a.clearing_price_per_mw_h))
 
         def price(product: Product, line: OfferLine) -> Priced:
             day = _same_day_in(datetime.fromtimestamp(line.block_start_s, UTC), year)
@@ -188,7 +203,12 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
             # energy is worth on that day (activated energy is paid apart from the capacity).
             mean_price = float(day_prices.mean()) if len(day_prices) else 0.0
             energy = max(0.0, mean_price) * (1.0 + portfolio.price_margin_pct / 100.0)
-            return Priced(bid_price_per_mw_h(cost, portfolio.price_margin_pct, 0.0), cost, energy)
+            hour = datetime.fromtimestamp(line.block_start_s, UTC).astimezone(tz).hour
+            expected = expected_clearing_price(history.get((line.product_id, int(line.direction)), []), hour=hour)
+            capacity = bid_price_rule(
+                cost, portfolio.price_margin_pct, pricing=product.capacity_pricing.value, expected_clearing=expected
+            )
+            return Priced(capacity, cost, energy)
 
         return price
 
@@ -197,13 +217,14 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
     ) -> tuple[list[market_pb2.Bid], int]:
         plan = await self._plan(portfolio_id, None)
         portfolio = self._catalog.portfolio(portfolio_id)
+        past = await asyncio.to_thread(self.store.awards, portfolio_id, end_s=int(time.time()) + 3 * 86400)
         return build_bids(
             plan.lines,
             portfolio=portfolio,
             market=self._catalog.market(portfolio.market_id),
             now_s=time.time(),
             confidence=plan.confidence,
-            price=self._price(portfolio),
+            price=self._price(portfolio, past),
             bid_id=lambda: f"bid-{uuid.uuid4().hex[:12]}",
             products=products,
             block_start_s=block_start_s,

@@ -81,6 +81,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from vpp.v1 import common_pb2, market_pb2
 
 from vpp_common.logs import get_logger
+from vpp_common.validation import normalise_store_url
 
 log = get_logger(__name__)
 
@@ -107,15 +108,6 @@ def overlapping(a_start: float, a_end: float, b_start: float, b_end: float) -> b
     An empty interval (``end <= start``) contains no instant, so it overlaps nothing; intervals that
     only touch (``a_end == b_start``) do not overlap."""
     return a_start < a_end and b_start < b_end and a_start < b_end and b_start < a_end
-
-
-def normalise_store_url(value: str) -> str:
-    """Accept a plain SQLite file path or ``:memory:`` besides a full SQLAlchemy URL."""
-    if value in (":memory:", "sqlite://"):
-        return "sqlite://"
-    if "://" not in value:
-        return f"sqlite:///{value}"
-    return value
 
 
 class MarketStore:

@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from forecasting.sites import SiteConfig, SitesFileError, load_sites
-from forecasting.store import SLOT, HistoryStore, StoreUnavailable, normalise_store_url
+from forecasting.store import SLOT, HistoryStore, StoreUnavailable
 from vpp_common.logs import configure_logging, get_logger
+from vpp_common.validation import normalise_store_url
 
 log = get_logger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from forecasting.models.spec import ModelSpec
-from forecasting.store import normalise_store_url
 from vpp_common.settings import ServiceSettings
+from vpp_common.validation import normalise_store_url
 
 DEFAULT_SITES_FILE = Path(__file__).with_name("sites.example.json")
 DEFAULT_SCORES_FILE = Path(__file__).with_name("backtest_scores.json")

@@ -78,15 +78,6 @@ class Measurement:
     load_power_kw: float | None
 
 
-def normalise_store_url(value: str) -> str:
-    """Accept a plain SQLite file path or ``:memory:`` besides a full SQLAlchemy URL."""
-    if value in (":memory:", "sqlite://"):
-        return "sqlite://"
-    if "://" not in value:
-        return f"sqlite:///{value}"
-    return value
-
-
 def slot_start_s(when: datetime | pd.Timestamp) -> int:
     """Epoch seconds of the start of the 15-minute slot containing ``when`` (must be tz-aware)."""
     if when.tzinfo is None:

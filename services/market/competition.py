@@ -24,12 +24,13 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from vpp.v1 import common_pb2
 
 from market.clearing import SupplyStep
+from vpp_common.validation import known_timezone
 
 Direction = Literal["up", "down", "both"]
 DEFAULT_COMPETITION_PATH = Path(__file__).parent / "data" / "competition.toml"
@@ -96,11 +97,7 @@ class MarketCompetition(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
+        return known_timezone(value)
 
     @field_validator("products")
     @classmethod

@@ -99,3 +99,24 @@ def test_bid_price_adds_the_margin_and_respects_the_floor() -> None:
     assert bid_price_per_mw_h(10.0, 0.0, 1.5) == 10.0
     with pytest.raises(ValueError):
         bid_price_per_mw_h(1.0, -5.0, 0.0)
+
+
+def test_expected_clearing_price_is_the_median_at_the_same_hour() -> None:
+    from bidding.pricing import expected_clearing_price
+
+    history = [(8, 10.0), (9, 50.0), (8, 14.0), (8, 12.0), (8, float("nan"))]
+    assert expected_clearing_price(history, hour=8) == 12.0
+    assert expected_clearing_price(history, hour=8, window=2) == 13.0
+    assert expected_clearing_price(history, hour=3) is None
+
+
+def test_pay_as_bid_bids_under_the_expected_clearing_price_never_under_cost() -> None:
+    from bidding.pricing import bid_price_rule
+
+    # pay-as-cleared: the true cost (plus margin) whatever the market pays
+    assert bid_price_rule(2.0, 10.0, pricing="pay_as_cleared", expected_clearing=17.0) == pytest.approx(2.2)
+    # pay-as-bid: just under the expected clearing price ...
+    assert bid_price_rule(2.0, 10.0, pricing="pay_as_bid", expected_clearing=17.0) == pytest.approx(0.95 * 17.0)
+    # ... but never under cost plus margin, and cost plus margin without history
+    assert bid_price_rule(20.0, 10.0, pricing="pay_as_bid", expected_clearing=17.0) == pytest.approx(22.0)
+    assert bid_price_rule(2.0, 10.0, pricing="pay_as_bid", expected_clearing=None) == pytest.approx(2.2)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecasting.store import SLOT, HistoryStore, Measurement, StoreUnavailable, normalise_store_url, slot_start_s
+from forecasting.store import SLOT, HistoryStore, Measurement, StoreUnavailable, slot_start_s
+from vpp_common.validation import normalise_store_url
 
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 

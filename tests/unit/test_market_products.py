@@ -238,7 +238,7 @@ def test_missing_key_is_named(tmp_path: Path) -> None:
 
 
 def test_market_level_errors(tmp_path: Path) -> None:
-    assert "entsoe.toml: timezone: unknown time zone 'Europe/Bonn'" in refused(
+    assert "entsoe.toml: timezone: unknown IANA time zone 'Europe/Bonn'" in refused(
         tmp_path / "a", entsoe=ENTSOE.replace('timezone = "Europe/Berlin"', 'timezone = "Europe/Bonn"')
     )
     assert "entsoe.toml: products: product_id used twice: ['FCR']" in refused(

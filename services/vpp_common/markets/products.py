@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from vpp_common.validation import known_timezone
 
 DOCS_HINT = "see docs/markets.md"
 SECONDS_PER_DAY = 86_400
@@ -284,11 +286,7 @@ class Market(FrozenModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin'") from None
-        return value
+        return known_timezone(value)
 
     @field_validator("products")
     @classmethod
