@@ -166,6 +166,9 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
             PLAN_SECONDS.labels(portfolio_id).observe(time.perf_counter() - started)
             PLAN_SITES.labels(portfolio_id, "used").set(len(plan.sites_used))
             PLAN_SITES.labels(portfolio_id, "missing").set(len(plan.sites_missing))
+            if conf != portfolio.confidence:  # keep one plan at a caller's own confidence per portfolio
+                for other in [k for k in self._plans if k[0] == portfolio_id and k[1] != portfolio.confidence]:
+                    del self._plans[other]
             self._plans[key] = plan
             if plan.sites_missing:
                 log.info(
