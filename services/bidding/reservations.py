@@ -75,24 +75,41 @@ def holdings_from(
 
 
 def with_site_shares(
-    settlement: market_pb2.Settlement, reserved_kw: dict[str, dict[str, float]]
+    settlement: market_pb2.Settlement,
+    reserved_kw: dict[str, dict[str, float]],
+    delivered: dict[str, dict[str, float]] | None = None,
 ) -> market_pb2.Settlement:
-    """The market settles the portfolio; each site's share of a line's net revenue follows the kW it
-    held for the award (``reserved_kw``: award -> site -> kW). Shares sum to the line's net revenue."""
+    """The market settles the portfolio; each site gets its share of every line: the capacity revenue
+    pro rata to the kW it held for the award (``reserved_kw``: award -> site -> kW), the energy revenue
+    and the penalty pro rata to what it delivered for the award (``delivered``: award -> site -> |kW|
+    summed over dispatch's steps, from its run states), or to its reserved kW when nothing was measured.
+    A site that reserved and did not deliver so carries the penalty. Shares sum to the line's net."""
     out = market_pb2.Settlement()
     out.CopyFrom(settlement)
     for line in out.lines:
-        sites = reserved_kw.get(line.award_id, {})
-        total = sum(sites.values())
+        held = reserved_kw.get(line.award_id, {})
+        measured = (delivered or {}).get(line.award_id, {})
+        sites = sorted(set(held) | set(measured))
+        cap_w = _weights(held, sites)
+        energy_w = _weights(measured, sites) or cap_w
+        cap_w = cap_w or energy_w
         del line.site_shares[:]
-        for site_id in sorted(sites):
-            weight = sites[site_id] / total if total > 0 else 0.0
+        for site_id in sites:
+            revenue = line.capacity_revenue * cap_w.get(site_id, 0.0) + (
+                line.energy_revenue - line.penalty
+            ) * energy_w.get(site_id, 0.0)
             line.site_shares.append(
                 market_pb2.SettlementShare(
                     site_id=site_id,
-                    reserved_kw=sites[site_id],
-                    delivered_kwh=line.delivered_kwh * weight,
-                    revenue=line.net_revenue * weight,
+                    reserved_kw=held.get(site_id, 0.0),
+                    delivered_kwh=line.delivered_kwh * energy_w.get(site_id, 0.0),
+                    revenue=revenue,
                 )
             )
     return out
+
+
+def _weights(values: dict[str, float], sites: list[str]) -> dict[str, float]:
+    """``values`` normalised to sum to 1 over ``sites`` (empty when they sum to 0)."""
+    total = sum(abs(values.get(s, 0.0)) for s in sites)
+    return {s: abs(values.get(s, 0.0)) / total for s in sites} if total > 0 else {}

@@ -10,7 +10,7 @@ from bidding.market_adapter import SimulatorAdapter
 from bidding.servicer import SERVICE_NAME, BiddingServicer
 from bidding.settings import BiddingSettings
 from vpp_common.app import ServiceApp
-from vpp_common.topics import AWARDS, SETTLEMENTS
+from vpp_common.topics import AWARDS, RUNS, SETTLEMENTS
 
 
 def build(app: ServiceApp, settings: BiddingSettings) -> BiddingServicer:
@@ -28,5 +28,7 @@ def build(app: ServiceApp, settings: BiddingSettings) -> BiddingServicer:
         group="bidding-settlements",
         start_at="committed-or-earliest",
     )
+    # Dispatch's run states: each site's measured part of an awarded activation (settlement shares).
+    app.add_consumer([RUNS], servicer.on_run_state, name="runs", group=None, start_at="last")
     app.add_task(servicer.refresh_loop, name="offers")
     return servicer

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -53,6 +54,8 @@ SETTLED = Counter("vpp_bidding_settled_net_revenue_total", "Net revenue settled 
 PLAN_SECONDS = Histogram(
     "vpp_bidding_offer_plan_seconds", "Gathering inputs and planning one portfolio's offers", ["portfolio"]
 )
+_KEEP_AWARDS = 2000  # awards whose per-site delivery is kept for their settlement
+
 PLAN_SITES = Gauge("vpp_bidding_offer_plan_sites", "Sites in the latest offer plan", ["portfolio", "state"])
 
 
@@ -83,6 +86,10 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
         self._locks: dict[str, asyncio.Lock] = {}
         self._prices: dict[str, pd.Series] = {}
         self._channels: list[grpc.aio.Channel] = []
+        # What each site delivered for each award (|kW| summed over dispatch's steps, from its run states):
+        # the weights of the settlement's energy and penalty shares. Bounded: the newest awards only.
+        self._delivered: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._steps_seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._aggregation: aggregation_pb2_grpc.AggregationServiceStub | None = None
         self._forecasting: forecasting_pb2_grpc.ForecastingServiceStub | None = None
 
@@ -444,8 +451,25 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
             sites=len(stored.reservations),
         )
 
+    async def on_run_state(self, item: Consumed) -> None:
+        """Dispatch's state after each step of an awarded activation: each site's part of the delivery
+        measured at its meter (for the step before), added up per award."""
+        state = item.env.activation_run
+        if not state.award_id or (state.activation_id, state.step) in self._steps_seen:
+            return  # an unawarded activation, or a step already counted (a standby's or a re-delivery)
+        self._steps_seen[(state.activation_id, state.step)] = None
+        per_site = self._delivered.setdefault(state.award_id, {})
+        self._delivered.move_to_end(state.award_id)
+        for site in state.sites:
+            per_site[site.site_id] = per_site.get(site.site_id, 0.0) + abs(site.delivered_kw)
+        while len(self._delivered) > _KEEP_AWARDS:
+            self._delivered.popitem(last=False)
+        while len(self._steps_seen) > 50 * _KEEP_AWARDS:
+            self._steps_seen.popitem(last=False)
+
     async def on_settlement(self, item: Consumed) -> None:
-        """The market's settlement, with each site's share from our reservations, kept durably."""
+        """The market's settlement, with each site's share (capacity by reserved kW, energy and penalty by
+        its measured delivery: ``reservations.with_site_shares``), kept durably."""
         settlement = item.env.settlement
         if not settlement.settlement_id or settlement.portfolio_id not in self._catalog.portfolios:
             raise ValueError(f"settlement {settlement.settlement_id!r}: unknown portfolio {settlement.portfolio_id!r}")
@@ -454,7 +478,7 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
             if line.award_id not in reserved:
                 held = await asyncio.to_thread(self.store.reservation_set, line.award_id)
                 reserved[line.award_id] = {r.site_id: r.reserved_kw for r in held.reservations} if held else {}
-        shared = with_site_shares(settlement, reserved)
+        shared = with_site_shares(settlement, reserved, {a: dict(self._delivered.get(a, {})) for a in reserved})
         if await asyncio.to_thread(self.store.record_settlement, shared):
             SETTLED.labels(shared.portfolio_id).inc(shared.net_revenue)
             log.info(

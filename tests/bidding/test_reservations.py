@@ -55,12 +55,41 @@ def test_held_reservations_enter_the_next_plan() -> None:
     assert held.power_kw[common_pb2.DIRECTION_DOWN][0].tolist() == [0, 20, 20, 0, 0, 0, 0, 0]
 
 
-def test_site_shares_sum_to_each_line_net_revenue() -> None:
+def test_site_shares_follow_reserved_kw_for_capacity_and_delivery_for_energy_and_penalty() -> None:
     s = market_pb2.Settlement(settlement_id="s", portfolio_id="jp-kanto", currency="JPY")
-    s.lines.add(award_id="a", net_revenue=9.0, delivered_kwh=-3.0)
-    shared = with_site_shares(s, {"a": {"school-01": 1.0, "factory-01": 2.0}})
-    shares = {x.site_id: x.revenue for x in shared.lines[0].site_shares}
-    assert shares == pytest.approx({"school-01": 3.0, "factory-01": 6.0})
+    s.lines.add(award_id="a", capacity_revenue=6.0, energy_revenue=5.0, penalty=2.0, net_revenue=9.0)
+    reserved = {"a": {"school-01": 1.0, "factory-01": 2.0}}
+    by_reserved = with_site_shares(s, reserved)
+    assert {x.site_id: x.revenue for x in by_reserved.lines[0].site_shares} == pytest.approx(
+        {"school-01": 3.0, "factory-01": 6.0}
+    )
+    # school-01 reserved but delivered nothing: it keeps its capacity share, factory-01 earns the energy
+    # and carries the penalty it made good on
+    shared = with_site_shares(s, reserved, {"a": {"school-01": 0.0, "factory-01": 3.0}})
+    assert {x.site_id: x.revenue for x in shared.lines[0].site_shares} == pytest.approx(
+        {"school-01": 2.0, "factory-01": 7.0}
+    )
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcd"), st.floats(0, 50), min_size=1),
+    st.dictionaries(st.sampled_from("abcde"), st.floats(-50, 50)),
+    st.floats(0, 100),
+    st.floats(0, 100),
+    st.floats(0, 100),
+)
+def test_site_shares_always_sum_to_the_line_net(reserved, delivered, capacity, energy, penalty) -> None:
+    s = market_pb2.Settlement(settlement_id="s")
+    s.lines.add(
+        award_id="a",
+        capacity_revenue=capacity,
+        energy_revenue=energy,
+        penalty=penalty,
+        net_revenue=capacity + energy - penalty,
+    )
+    shares = with_site_shares(s, {"a": reserved}, {"a": delivered}).lines[0].site_shares
+    if sum(reserved.values()) > 0 or any(delivered.values()):
+        assert sum(x.revenue for x in shares) == pytest.approx(capacity + energy - penalty, abs=1e-6)
 
 
 def test_a_plan_from_forecast_quantiles_covers_every_product_of_the_portfolio() -> None:
