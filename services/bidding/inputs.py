@@ -15,6 +15,7 @@ from vpp.v1 import (
     aggregation_pb2,
     aggregation_pb2_grpc,
     common_pb2,
+    forecast_pb2,
     forecasting_pb2,
     forecasting_pb2_grpc,
 )
@@ -98,10 +99,9 @@ async def gather(
     return out
 
 
-def forecast_frame(fc: object) -> pd.DataFrame:
+def forecast_frame(fc: forecast_pb2.Forecast) -> pd.DataFrame:
     """A ``Forecast`` as rows = slot start (epoch s), columns = quantile levels, kW."""
-    points = fc.points  # type: ignore[attr-defined]
-    rows = {p.start.seconds: {v.quantile: v.power_kw for v in p.values} for p in points}
+    rows = {p.start.seconds: {v.quantile: v.power_kw for v in p.values} for p in fc.points}
     frame = pd.DataFrame.from_dict(rows, orient="index").sort_index()
     frame.index.name = "slot_start_s"
     return frame

@@ -134,12 +134,14 @@ class MarketSimulator(market_api_pb2_grpc.MarketSimulatorServicer):
         return auction
 
     async def gate_loop(self) -> None:
-        """Clear every auction whose gate has closed."""
+        """Clear every auction whose gate has closed; forget auctions whose block ended two days ago."""
         while True:
             now_s = time.time()
             due = [a.key for a in self.auctions.values() if not a.cleared and a.gate_closure_s <= now_s]
             for key in due:
                 await self._clear(key)
+            for key in [k for k, a in self.auctions.items() if a.cleared and a.block_end_s < now_s - 2 * 86400]:
+                del self.auctions[key]
             await asyncio.sleep(self._settings.gate_check_s)
 
     async def _clear(self, key: AuctionKey) -> Auction:
@@ -303,6 +305,8 @@ class MarketSimulator(market_api_pb2_grpc.MarketSimulatorServicer):
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         await asyncio.sleep(self._settings.settle_wait_s)
         settled = await self._settle(awards, ids, product, step_s, time_scale)
+        for activation_id in ids.values():
+            self.deliveries.pop(activation_id, None)  # settled: its record is in the settlement
         return market_api_pb2.DeliverBlockResponse(
             activation_ids=list(ids.values()), settlement=settled[0] if settled else None
         )
