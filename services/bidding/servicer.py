@@ -243,17 +243,17 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
     async def _submit(self, bids: list[market_pb2.Bid]) -> list[market_pb2.Bid]:
         """Record, then submit: a bid the market has is always in our store. One bid per block and
         product direction: blocks already bid are skipped (re-planning never doubles a bid)."""
-        fresh: list[market_pb2.Bid] = []
-        for bid in bids:
-            existing = await asyncio.to_thread(
-                self.store.bids, bid.portfolio_id, start_s=bid.interval_start.seconds, end_s=bid.interval_end.seconds
-            )
-            if any(
-                b.product == bid.product and b.direction == bid.direction and b.interval_start == bid.interval_start
-                for b in existing
-            ):
-                continue
-            fresh.append(bid)
+        if not bids:
+            return []
+        # one read of what is already bid over the span of these blocks, not one per bid
+        existing = await asyncio.to_thread(
+            self.store.bids,
+            bids[0].portfolio_id,
+            start_s=min(b.interval_start.seconds for b in bids),
+            end_s=max(b.interval_end.seconds for b in bids),
+        )
+        already = {(b.product, b.direction, b.interval_start.seconds) for b in existing}
+        fresh = [b for b in bids if (b.product, b.direction, b.interval_start.seconds) not in already]
         if fresh:
             await asyncio.to_thread(self.store.record_bids, fresh)
             await self._adapter.submit(fresh)
@@ -270,6 +270,11 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
             log.info("bids_submitted", portfolio=plan.portfolio_id, bids=len(submitted))
 
     # -- gRPC ------------------------------------------------------------------------------------
+
+    async def _named_portfolio(self, portfolio_id: str, context: grpc.aio.ServicerContext) -> Portfolio:
+        """The request's ``portfolio_id``, validated and known, or INVALID_ARGUMENT naming it."""
+        await validated(PortfolioRequest, {"portfolio_id": portfolio_id}, context)
+        return await self._portfolio(portfolio_id, context)
 
     async def _portfolio(self, portfolio_id: str, context: grpc.aio.ServicerContext) -> Portfolio:
         if portfolio_id not in self._catalog.portfolios:
@@ -376,22 +381,19 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
     async def ListBids(
         self, request: bidding_pb2.ListBidsRequest, context: grpc.aio.ServicerContext
     ) -> bidding_pb2.ListBidsResponse:
-        await validated(PortfolioRequest, {"portfolio_id": request.portfolio_id}, context)
-        await self._portfolio(request.portfolio_id, context)
+        await self._named_portfolio(request.portfolio_id, context)
         return bidding_pb2.ListBidsResponse(bids=await asyncio.to_thread(self.store.bids, request.portfolio_id))
 
     async def ListAwards(
         self, request: bidding_pb2.ListAwardsRequest, context: grpc.aio.ServicerContext
     ) -> bidding_pb2.ListAwardsResponse:
-        await validated(PortfolioRequest, {"portfolio_id": request.portfolio_id}, context)
-        await self._portfolio(request.portfolio_id, context)
+        await self._named_portfolio(request.portfolio_id, context)
         return bidding_pb2.ListAwardsResponse(awards=await asyncio.to_thread(self.store.awards, request.portfolio_id))
 
     async def ListReservations(
         self, request: bidding_pb2.ListReservationsRequest, context: grpc.aio.ServicerContext
     ) -> bidding_pb2.ListReservationsResponse:
-        await validated(PortfolioRequest, {"portfolio_id": request.portfolio_id}, context)
-        await self._portfolio(request.portfolio_id, context)
+        await self._named_portfolio(request.portfolio_id, context)
         at_s = request.at.seconds if request.HasField("at") else None
         rows = await asyncio.to_thread(self.store.reservations, request.portfolio_id, at_s=at_s)
         return bidding_pb2.ListReservationsResponse(reservations=rows)
@@ -399,8 +401,7 @@ class BiddingServicer(bidding_pb2_grpc.BiddingServiceServicer):
     async def GetSettlement(
         self, request: bidding_pb2.GetSettlementRequest, context: grpc.aio.ServicerContext
     ) -> bidding_pb2.GetSettlementResponse:
-        await validated(PortfolioRequest, {"portfolio_id": request.portfolio_id}, context)
-        portfolio = await self._portfolio(request.portfolio_id, context)
+        portfolio = await self._named_portfolio(request.portfolio_id, context)
         start_s = request.period_start.seconds if request.HasField("period_start") else None
         end_s = request.period_end.seconds if request.HasField("period_end") else None
         if start_s is not None and end_s is not None and end_s <= start_s:

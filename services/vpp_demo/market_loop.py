@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vpp.v1 import bidding_pb2, bidding_pb2_grpc, common_pb2, market_api_pb2, market_api_pb2_grpc, market_pb2
+from vpp.v1 import bidding_pb2, bidding_pb2_grpc, market_api_pb2, market_api_pb2_grpc, market_pb2
 
+from bidding.bids import direction_name
 from vpp_common.markets import load_catalog
 from vpp_common.topics import BIDS
 from vpp_demo.stack import Stack, retry_warming
@@ -46,10 +47,7 @@ class PortfolioRun:
     settlement: bidding_pb2.GetSettlementResponse | None = None
 
 
-def direction(d: int) -> str:
-    if d == common_pb2.DIRECTION_UP:
-        return "up"
-    return "down" if d == common_pb2.DIRECTION_DOWN else "both"
+direction = direction_name  # one spelling of up / down / both for bids, logs and this print-out
 
 
 def when(seconds: int, tz: str = "UTC") -> str:
